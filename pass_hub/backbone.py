@@ -1,0 +1,240 @@
+"""The part-aware Vision Transformer of PASS: the one backbone behind every pass-hub entry point.
+
+Token layout: ``[CLS, PART1, PART2, PART3, patch_0 ... patch_{N-1}]`` (PART1 = top, PART3 = bottom of the
+person), each token with its own learned position vector added to it. This is timm's
+``VisionTransformer(class_token=True, reg_tokens=3, no_embed_class=False)`` with the register tokens acting
+as [PART] tokens, so the block parameter names are timm's (and the original PASS code's).
+
+What this class adds to timm's ViT:
+
+* ``global_pool="pass"``: the ReID embedding ``cat(CLS, mean(PART1..3))`` of size ``2 * embed_dim``;
+* position tables resampled with a configurable mode that keeps the prefix positions (bilinear, as the
+  original fine-tuning code does when it moves from 16x8 to 24x8 patches);
+* :meth:`PassVisionTransformer.forward_local`: the pre-training forward of a local view, whose tokens are
+  ``[CLS, PART_k, patches]``;
+* :meth:`PassVisionTransformer.forward_tokens`: hidden states of every block and real attention maps.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
+from timm.models._manipulate import checkpoint, checkpoint_seq
+from timm.models.vision_transformer import Block, VisionTransformer, init_weights_vit_timm
+from torch import nn
+
+PASS_POOL = "pass"
+
+# Architecture hyper-parameters of the presets; every entry point (timm factories, PassViTConfig presets,
+# checkpoint conversion) reads them from here.
+PRESETS: dict[str, dict] = {
+    "pass_vit_tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "pass_vit_small": dict(embed_dim=384, depth=12, num_heads=6),
+    "pass_vit_base": dict(embed_dim=768, depth=12, num_heads=12),
+}
+REID_IMAGE_SIZE = (256, 128)
+
+
+class TokenOutputs(NamedTuple):
+    """Result of :meth:`PassVisionTransformer.forward_tokens`."""
+
+    last_hidden_state: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None
+    attentions: tuple[torch.Tensor, ...] | None
+
+
+def attention_with_probs(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unfused multi-head self-attention of a timm ``Attention`` module that also returns its probabilities.
+
+    The fused kernel does not expose the attention matrix, which part-attention pictures need.
+
+    Returns:
+        The module's output (B, N, C) and the attention probabilities (B, heads, N, N).
+    """
+    batch, length, _ = x.shape
+    qkv = attn.qkv(x).reshape(batch, length, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    probs = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    out = attn.norm((attn.attn_drop(probs) @ v).transpose(1, 2).reshape(batch, length, attn.attn_dim))
+    if getattr(attn, "gate", None) is not None:
+        out = out * attn.gate(x).sigmoid()
+    return attn.proj_drop(attn.proj(out)), probs
+
+
+def block_with_attention(block: Block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A timm pre-norm ``Block`` forward that also returns the attention probabilities of its attention."""
+    attn_out, probs = attention_with_probs(block.attn, block.norm1(x))
+    x = x + block.drop_path1(block.ls1(attn_out))
+    x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+    return x, probs
+
+
+class PassVisionTransformer(VisionTransformer):
+    """ViT with a CLS token and ``num_parts`` [PART] tokens (PASS, ECCV 2022).
+
+    Args:
+        num_parts: Number of [PART] tokens (3 in PASS: top, middle, bottom).
+        pos_embed_interpolation: ``F.interpolate`` mode used when the patch grid differs from the one the
+            position table was learned for. The prefix (CLS and PART) positions are never resampled.
+        global_pool: ``"pass"`` for the ReID embedding ``cat(CLS, mean(PARTs))`` (2 x embed_dim), or any
+            pooling timm's ViT supports.
+        **kwargs: Passed to timm's ``VisionTransformer``.
+
+    Example:
+        >>> model = PassVisionTransformer(img_size=(256, 128), embed_dim=64, depth=2, num_heads=2, num_classes=0)
+        >>> model(torch.randn(2, 3, 256, 128)).shape
+        torch.Size([2, 128])
+    """
+
+    def __init__(
+        self,
+        *,
+        num_parts: int = 3,
+        pos_embed_interpolation: str = "bilinear",
+        global_pool: str = PASS_POOL,
+        num_classes: int = 0,
+        **kwargs,
+    ) -> None:
+        for fixed in ("class_token", "reg_tokens", "no_embed_class"):
+            if fixed in kwargs:
+                raise ValueError(f"PassVisionTransformer fixes {fixed!r}; use num_parts to set the [PART] tokens")
+        super().__init__(
+            class_token=True,
+            reg_tokens=num_parts,
+            no_embed_class=False,
+            global_pool="token" if global_pool == PASS_POOL else global_pool,
+            num_classes=num_classes,
+            **kwargs,
+        )
+        self.num_parts = num_parts
+        self.pos_embed_interpolation = pos_embed_interpolation
+        if global_pool == PASS_POOL:
+            self.reset_classifier(num_classes, PASS_POOL)
+
+    # ------------------------------------------------------------------ heads
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool == PASS_POOL or (global_pool is None and self.global_pool == PASS_POOL):
+            self.num_classes = num_classes
+            self.global_pool = PASS_POOL
+            self.attn_pool = None
+            self.head_hidden_size = 2 * self.embed_dim
+            device, dtype = self.cls_token.device, self.cls_token.dtype
+            self.head = (
+                nn.Linear(self.head_hidden_size, num_classes, device=device, dtype=dtype)
+                if num_classes > 0
+                else nn.Identity()
+            )
+            if num_classes > 0 and device.type != "meta":
+                init_weights_vit_timm(self.head)
+            self.head.train(self.training)
+            return
+        super().reset_classifier(num_classes, global_pool)
+        self.head_hidden_size = self.embed_dim
+
+    def pool(self, x: torch.Tensor, pool_type: str | None = None) -> torch.Tensor:
+        pool_type = self.global_pool if pool_type is None else pool_type
+        if pool_type == PASS_POOL:
+            return pool_parts(x, self.num_parts)
+        return super().pool(x, pool_type)
+
+    # -------------------------------------------------------- position table
+    def pos_embed_for_grid(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The (1, 1 + num_parts + h*w, D) position table for a patch grid; prefix positions kept as learned."""
+        return resample_abs_pos_embed(
+            self.pos_embed,
+            new_size=grid,
+            old_size=self.patch_embed.grid_size,
+            num_prefix_tokens=self.num_prefix_tokens,
+            interpolation=self.pos_embed_interpolation,
+            antialias=False,
+        )
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dynamic_img_size:
+            batch, height, width, dim = x.shape
+            pos_embed = self.pos_embed_for_grid((height, width))
+            x = x.view(batch, -1, dim)
+        else:
+            pos_embed = self.pos_embed
+        prefix = torch.cat([self.cls_token, self.reg_token], dim=1).expand(x.shape[0], -1, -1)
+        return self.pos_drop(torch.cat([prefix, x], dim=1) + pos_embed)
+
+    # --------------------------------------------------------------- forwards
+    def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+    def forward_tokens(
+        self,
+        x: torch.Tensor,
+        *,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> TokenOutputs:
+        """Token forward with optional per-block hidden states and attention maps.
+
+        ``hidden_states`` holds the embedding output and the output of every block (before the final norm);
+        ``attentions`` the (B, heads, T, T) softmax of every block, computed unfused.
+        """
+        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
+        if not (output_hidden_states or output_attentions):
+            return TokenOutputs(self.norm(self._run_blocks(x)), None, None)
+        hidden_states, attentions = [x], []
+        for block in self.blocks:
+            if output_attentions:
+                x, probs = block_with_attention(block, x)
+                attentions.append(probs)
+            elif self.grad_checkpointing and self.training:
+                x = checkpoint(block, x)
+            else:
+                x = block(x)
+            hidden_states.append(x)
+        return TokenOutputs(
+            self.norm(x),
+            tuple(hidden_states) if output_hidden_states else None,
+            tuple(attentions) if output_attentions else None,
+        )
+
+    def forward_local(self, x: torch.Tensor, part_index: int | torch.Tensor) -> torch.Tensor:
+        """Pre-training forward of local views: tokens ``[CLS, PART_k, patches]`` (spec §3).
+
+        Each crop carries only the [PART] token of the stripe it was cut from; CLS and PART_k keep their
+        own position vectors and the patch positions are resampled to the crop's grid. Crops from different
+        stripes can share one batch because their sequences have the same length.
+
+        Args:
+            x: (B, C, h, w) crops, any size divisible by the patch size.
+            part_index: Stripe of each crop, an int or a (B,) integer tensor with values in [0, num_parts).
+
+        Returns:
+            (B, 2 + h*w/p^2, D) tokens after the final norm; ``[:, 0]`` is CLS and ``[:, 1]`` is PART_k.
+        """
+        batch = x.shape[0]
+        index = torch.as_tensor(part_index, device=x.device, dtype=torch.long).expand(batch)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_parts):
+            raise ValueError(f"part_index must lie in [0, {self.num_parts}); got {index.tolist()}")
+        patches = self.patch_embed.proj(x)
+        grid = tuple(patches.shape[-2:])
+        patches = self.patch_embed.norm(patches.flatten(2).transpose(1, 2))
+        pos_embed = self.pos_embed_for_grid(grid)
+        prefix = self.num_prefix_tokens
+        cls = (self.cls_token + pos_embed[:, :1]).expand(batch, -1, -1)
+        parts = (self.reg_token + pos_embed[:, 1:prefix])[0, index].unsqueeze(1)
+        x = torch.cat([cls, parts, patches + pos_embed[:, prefix:]], dim=1)
+        x = self.norm_pre(self.pos_drop(x))
+        return self.norm(self._run_blocks(x))
+
+
+def pool_parts(tokens: torch.Tensor, num_parts: int = 3) -> torch.Tensor:
+    """The PASS ReID embedding ``cat(CLS, mean(PART_1..PART_n))`` from (B, T, D) tokens -> (B, 2D)."""
+    return torch.cat([tokens[:, 0], tokens[:, 1 : 1 + num_parts].mean(dim=1)], dim=-1)
+
+
+def l2_normalize(features: torch.Tensor) -> torch.Tensor:
+    """Row-wise L2 normalisation (the ReID test-time feature)."""
+    return F.normalize(features, dim=-1)

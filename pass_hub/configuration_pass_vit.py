@@ -1,0 +1,180 @@
+"""``PassViTConfig``: the configuration of the part-aware ViT, readable by transformers and by timm.
+
+A saved ``config.json`` carries the transformers fields and, derived from them, the fields timm's
+``create_model("hf-hub:...")`` / ``"local-dir:..."`` reads (``architecture``, ``model_args``,
+``pretrained_cfg``), so one hub folder serves both libraries.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+from .backbone import PRESETS, REID_IMAGE_SIZE
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The supervised fine-tuning recipe normalises with mean = std = 0.5 (spec §4), unlike pre-training.
+REID_MEAN = (0.5, 0.5, 0.5)
+REID_STD = (0.5, 0.5, 0.5)
+
+REID_FEATURES = ("before_neck", "after_neck")
+POS_EMBED_INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+# Keys that only timm reads; they are derived from the config on save and ignored on load.
+TIMM_KEYS = ("architecture", "num_classes", "model_args", "pretrained_cfg")
+
+
+@strict
+class PassViTConfig(PreTrainedConfig):
+    r"""Configuration of a PASS part-aware ViT (``model_type="pass_vit"``). Defaults are ViT-S/16 at 256x128.
+
+    Args:
+        hidden_size: Token width D (the ReID embedding has 2D values).
+        num_hidden_layers: Number of transformer blocks.
+        num_attention_heads: Attention heads per block.
+        mlp_ratio: MLP hidden width as a multiple of D.
+        qkv_bias: Bias on the qkv projection.
+        image_size: Training input (height, width); other sizes resample the patch position table.
+        patch_size: Square, non-overlapping patch size.
+        num_channels: Input channels.
+        num_part_tokens: [PART] tokens (3 in PASS: top, middle, bottom).
+        pos_embed_interpolation: How the patch position table is resampled for another grid.
+        drop_path_rate: Stochastic depth of the last block (linearly increasing over blocks).
+        initializer_range: Std of the truncated normal used for linear layers and the position table.
+        image_mean: Normalisation mean the weights expect (ImageNet for pre-trained backbones, 0.5 for
+            fine-tuned ReID models); mirrored into timm's ``pretrained_cfg`` and the image processor.
+        image_std: Normalisation std, likewise.
+        reid_feature: Test-time embedding of ``PassViTForReID``: the feature ``"before_neck"`` (PASS default)
+            or ``"after_neck"`` (after the BatchNorm necks).
+        normalize_embeddings: L2-normalise the test-time embedding of ``PassViTForReID``.
+        label_smoothing: Label smoothing of the identity cross-entropy of ``PassViTForReID``.
+
+    Example:
+        >>> config = PassViTConfig.from_preset("pass_vit_tiny", image_size=(384, 128))
+        >>> config.hidden_size, config.num_patches, config.embedding_size
+        (192, 192, 384)
+    """
+
+    model_type: ClassVar[str] = "pass_vit"
+
+    hidden_size: int = 384
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 6
+    mlp_ratio: float | int = 4.0
+    qkv_bias: bool = True
+    image_size: list[int] | tuple[int, int] = REID_IMAGE_SIZE
+    patch_size: int = 16
+    num_channels: int = 3
+    num_part_tokens: int = 3
+    pos_embed_interpolation: str = "bilinear"
+    drop_path_rate: float | int = 0.0
+    initializer_range: float = 0.02
+    image_mean: list[float] | tuple[float, ...] = IMAGENET_MEAN
+    image_std: list[float] | tuple[float, ...] = IMAGENET_STD
+    reid_feature: str = "before_neck"
+    normalize_embeddings: bool = True
+    label_smoothing: float | int = 0.0
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        for key in TIMM_KEYS:
+            kwargs.pop(key, None)
+        self.image_size = tuple(self.image_size)
+        self.image_mean = tuple(self.image_mean)
+        self.image_std = tuple(self.image_std)
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self) -> None:
+        """Raise ``ValueError`` naming the first inconsistent value."""
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}"
+            )
+        if len(self.image_size) != 2 or any(side % self.patch_size for side in self.image_size):
+            raise ValueError(f"image_size={self.image_size} must be (height, width), multiples of {self.patch_size}")
+        if self.reid_feature not in REID_FEATURES:
+            raise ValueError(f"reid_feature={self.reid_feature!r}; expected one of {REID_FEATURES}")
+        if self.pos_embed_interpolation not in POS_EMBED_INTERPOLATIONS:
+            raise ValueError(
+                f"pos_embed_interpolation={self.pos_embed_interpolation!r}; expected one of {POS_EMBED_INTERPOLATIONS}"
+            )
+        if self.num_part_tokens < 1:
+            raise ValueError(f"num_part_tokens={self.num_part_tokens} must be at least 1")
+
+    @classmethod
+    def from_preset(cls, name: str, **kwargs: Any) -> PassViTConfig:
+        """Config of a named preset (``pass_vit_tiny`` / ``pass_vit_small`` / ``pass_vit_base``, or ``tiny`` ...)."""
+        key = name if name in PRESETS else f"pass_vit_{name}"
+        if key not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        preset = PRESETS[key]
+        arch = dict(
+            hidden_size=preset["embed_dim"],
+            num_hidden_layers=preset["depth"],
+            num_attention_heads=preset["num_heads"],
+        )
+        return cls(**{**arch, **kwargs})
+
+    # ------------------------------------------------------------ derived
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return (self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def embedding_size(self) -> int:
+        """Width of the ReID embedding ``cat(CLS, mean(PARTs))``."""
+        return 2 * self.hidden_size
+
+    @property
+    def timm_architecture(self) -> str:
+        """The timm registry name whose preset is closest to this config (the saved ``model_args`` rule)."""
+        for name, preset in PRESETS.items():
+            if preset["embed_dim"] == self.hidden_size:
+                return name
+        return "pass_vit_small"
+
+    def backbone_kwargs(self) -> dict[str, Any]:
+        """Constructor arguments of ``PassVisionTransformer`` (timm's ``model_args``)."""
+        return dict(
+            img_size=list(self.image_size),
+            patch_size=self.patch_size,
+            in_chans=self.num_channels,
+            embed_dim=self.hidden_size,
+            depth=self.num_hidden_layers,
+            num_heads=self.num_attention_heads,
+            mlp_ratio=float(self.mlp_ratio),
+            qkv_bias=self.qkv_bias,
+            num_parts=self.num_part_tokens,
+            pos_embed_interpolation=self.pos_embed_interpolation,
+        )
+
+    def timm_pretrained_cfg(self) -> dict[str, Any]:
+        return dict(
+            input_size=[self.num_channels, *self.image_size],
+            interpolation="bilinear",
+            crop_pct=1.0,
+            crop_mode="squash",
+            mean=list(self.image_mean),
+            std=list(self.image_std),
+            num_classes=0,
+            pool_size=None,
+            fixed_input_size=True,
+            first_conv="patch_embed.proj",
+            classifier="head",
+            license="apache-2.0",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output.update(
+            architecture=self.timm_architecture,
+            num_classes=0,
+            model_args=self.backbone_kwargs(),
+            pretrained_cfg=self.timm_pretrained_cfg(),
+        )
+        return output

@@ -1,0 +1,314 @@
+"""Read every PASS weight layout safely and convert it to a pass-hub folder.
+
+Layouts (spec §2):
+
+* ``pretraining``: the DINO-style ``checkpoint.pth`` (``student`` / ``teacher`` / ``optimizer`` / ``args`` ...);
+  the backbone kept is the **teacher**'s (``backbone.<key>``);
+* ``original_backbone``: the flat backbone (``pass_vit_small_full.pth``) with separate ``part_token1..3``,
+  ``cls_pos``, ``part1_pos..part3_pos`` and a patch-only ``pos_embed``;
+* ``original_reid``: the fine-tuned ReID model (``transformer_120.pth``): ``base.<backbone key>``, BatchNorm
+  necks ``bottleneck``, ``bottleneck_1..3`` and ``classifier.weight``;
+* ``pass_hub``: a pass-hub folder's weights (``vit.<key>`` or ``pass_vit.vit.<key>`` plus the ReID head);
+* ``timm``: a ``PassVisionTransformer`` state dict.
+
+Any of them may be nested under ``model`` or ``state_dict`` and carry a DDP ``module.`` prefix.
+The original layout converts exactly: ``reg_token = cat(part_token1..3)`` and
+``pos_embed = cat(cls_pos, part1_pos..part3_pos, pos_embed)``.
+
+Example:
+    >>> from pass_hub import convert_checkpoint
+    >>> convert_checkpoint("pass_vit_small_full.pth", "out/pass-vit-s16")  # doctest: +SKIP
+    PosixPath('out/pass-vit-s16')
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .backbone import PRESETS
+
+# Globals a PASS checkpoint pickle legitimately contains besides tensors and builtin containers.
+SAFE_GLOBALS: list[Any] = [argparse.Namespace]
+
+ORIGINAL_PREFIX_KEYS = ("cls_pos", "part1_pos", "part2_pos", "part3_pos")
+ORIGINAL_PART_TOKENS = ("part_token1", "part_token2", "part_token3")
+NECK_BUFFERS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+# Classifier heads of the underlying ViT that PASS never uses (the original ``base.fc``).
+UNUSED_HEAD_PREFIXES = ("fc.", "head.")
+
+
+@dataclass
+class ExtractedWeights:
+    """Weights of a checkpoint mapped to pass-hub names.
+
+    Attributes:
+        backbone: ``PassVisionTransformer`` state dict.
+        reid_head: ``PassViTForReID`` head entries (``cls_neck.*``, ``part_necks.<k>.*``, ``classifier.weight``);
+            empty for a backbone-only checkpoint.
+        source_format: One of ``pretraining``, ``original_backbone``, ``original_reid``, ``pass_hub``, ``timm``.
+        metadata: Non-weight entries worth keeping (e.g. the pre-training ``epoch``).
+    """
+
+    backbone: dict[str, torch.Tensor]
+    reid_head: dict[str, torch.Tensor] = field(default_factory=dict)
+    source_format: str = "timm"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
+    """Load a ``.pth`` / ``.bin`` / ``.safetensors`` file (or a folder holding ``model.safetensors``) safely.
+
+    Pickles are read with ``torch.load(weights_only=True)``; the only non-tensor class allowed is
+    ``argparse.Namespace`` (the ``args`` of a pre-training checkpoint). Anything else is refused.
+    """
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / "model.safetensors", path / "pytorch_model.bin"]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise FileNotFoundError(f"{path} is a folder without model.safetensors or pytorch_model.bin")
+        path = found
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        wanted = re.findall(r"GLOBAL ([\w.]+)", str(err))
+        detail = f" (it asks for {', '.join(sorted(set(wanted)))})" if wanted else ""
+        raise ValueError(
+            f"{path}: refusing to unpickle objects outside the allow-list{detail}. PASS checkpoints hold only "
+            "tensors, containers and argparse.Namespace; a pickle that wants more could run arbitrary code."
+        ) from err
+    except (RuntimeError, EOFError) as err:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"{path}: expected a dict of weights, found {type(checkpoint).__name__}")
+    return dict(checkpoint)
+
+
+def _strip(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _strip_ddp(state: Mapping[str, Any]) -> dict[str, Any]:
+    if state and all(k.startswith("module.") for k in state):
+        return _strip(state, "module.")
+    return dict(state)
+
+
+def _unwrap(checkpoint: Mapping[str, Any]) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
+    """Find the state dict inside a checkpoint. Returns (state, "pretraining" or None, metadata)."""
+    state: Mapping[str, Any] = checkpoint
+    while True:
+        if "teacher" in state and isinstance(state["teacher"], Mapping):
+            metadata = {k: state[k] for k in ("epoch",) if k in state}
+            teacher = _strip_ddp(state["teacher"])
+            backbone = _strip(teacher, "backbone.")
+            if not backbone:
+                raise ValueError(
+                    "the pre-training checkpoint's 'teacher' has no 'backbone.*' keys "
+                    f"(first keys: {sorted(teacher)[:5]})"
+                )
+            return backbone, "pretraining", metadata
+        nested = next((k for k in ("model", "state_dict") if isinstance(state.get(k), Mapping)), None)
+        if nested is None:
+            return _strip_ddp(state), None, {}
+        state = state[nested]
+
+
+def _original_to_backbone(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    missing = [k for k in (*ORIGINAL_PART_TOKENS, *ORIGINAL_PREFIX_KEYS, "pos_embed") if k not in state]
+    if missing:
+        raise ValueError(f"{source}: original PASS backbone is missing {missing}")
+    backbone = {k: v for k, v in state.items() if k not in (*ORIGINAL_PART_TOKENS, *ORIGINAL_PREFIX_KEYS)}
+    backbone["reg_token"] = torch.cat([state[k] for k in ORIGINAL_PART_TOKENS], dim=1)
+    backbone["pos_embed"] = torch.cat([*(state[k] for k in ORIGINAL_PREFIX_KEYS), state["pos_embed"]], dim=1)
+    return backbone
+
+
+def _original_reid_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    head = {}
+    for name, value in state.items():
+        neck = re.fullmatch(r"bottleneck(?:_(\d+))?\.(\w+)", name)
+        if neck:
+            index, buffer = neck.groups()
+            head[f"cls_neck.{buffer}" if index is None else f"part_necks.{int(index) - 1}.{buffer}"] = value
+        elif name == "classifier.weight":
+            head[name] = value
+    return head
+
+
+def _drop_unused_heads(backbone: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in backbone.items() if not k.startswith(UNUSED_HEAD_PREFIXES)}
+
+
+def extract_weights(checkpoint: Mapping[str, Any], source: str = "checkpoint") -> ExtractedWeights:
+    """Map any supported layout (module docstring) to pass-hub names, or raise ``ValueError`` naming keys."""
+    state, wrapper_format, metadata = _unwrap(checkpoint)
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if wrapper_format == "pretraining":
+        if "part_token1" in tensors:
+            return ExtractedWeights(_original_to_backbone(tensors, source), {}, "pretraining", metadata)
+        return ExtractedWeights(_drop_unused_heads(tensors), {}, "pretraining", metadata)
+    for prefix in ("pass_vit.vit.", "vit."):
+        if any(k.startswith(prefix) for k in tensors):
+            head = {k: v for k, v in tensors.items() if k.startswith(("cls_neck.", "part_necks.", "classifier."))}
+            return ExtractedWeights(_strip(tensors, prefix), head, "pass_hub")
+    if "base.cls_token" in tensors:
+        backbone = _drop_unused_heads(_strip(tensors, "base."))
+        if "part_token1" in backbone:
+            backbone = _original_to_backbone(backbone, source)
+        return ExtractedWeights(backbone, _original_reid_head(tensors), "original_reid")
+    if "part_token1" in tensors:
+        return ExtractedWeights(_original_to_backbone(_drop_unused_heads(tensors), source), {}, "original_backbone")
+    if "reg_token" in tensors and "cls_token" in tensors:
+        return ExtractedWeights(_drop_unused_heads(tensors), {}, "timm")
+    raise ValueError(
+        f"{source}: unrecognised checkpoint layout; expected PASS backbone keys such as 'cls_token' and "
+        f"'part_token1', found {sorted(state)[:8]}{' ...' if len(state) > 8 else ''}"
+    )
+
+
+def infer_grid(num_patches: int, height_to_width: int = 2) -> tuple[int, int]:
+    """Patch grid of a position table, assuming the ReID aspect ratio (height twice the width), like the original."""
+    width = round((num_patches / height_to_width) ** 0.5)
+    if width < 1 or width * width * height_to_width != num_patches:
+        raise ValueError(
+            f"cannot infer the patch grid of a position table with {num_patches} patches assuming height = "
+            f"{height_to_width} x width; pass the architecture explicitly"
+        )
+    return (height_to_width * width, width)
+
+
+def infer_backbone_args(
+    backbone: Mapping[str, torch.Tensor], arch: str | None = None, num_heads: int | None = None
+) -> dict[str, Any]:
+    """``PassVisionTransformer`` arguments from tensor shapes (heads = D/64 unless ``num_heads`` or ``arch`` says)."""
+    required = ("cls_token", "reg_token", "pos_embed", "patch_embed.proj.weight")
+    missing = [k for k in required if k not in backbone]
+    if missing:
+        raise ValueError(f"cannot infer the architecture: missing {missing}")
+    dim = backbone["cls_token"].shape[-1]
+    blocks = {int(m.group(1)) for k in backbone if (m := re.match(r"blocks\.(\d+)\.", k))}
+    proj = backbone["patch_embed.proj.weight"]
+    num_parts = backbone["reg_token"].shape[1]
+    patch = proj.shape[-1]
+    grid = infer_grid(backbone["pos_embed"].shape[1] - 1 - num_parts)
+    args: dict[str, Any] = dict(
+        img_size=[grid[0] * patch, grid[1] * patch],
+        patch_size=patch,
+        in_chans=proj.shape[1],
+        embed_dim=dim,
+        depth=max(blocks) + 1 if blocks else 0,
+        num_heads=num_heads or max(dim // 64, 1),
+        mlp_ratio=backbone["blocks.0.mlp.fc1.weight"].shape[0] / dim if blocks else 4.0,
+        qkv_bias="blocks.0.attn.qkv.bias" in backbone,
+        num_parts=num_parts,
+    )
+    if arch is not None:
+        key = arch if arch in PRESETS else f"pass_vit_{arch}"
+        if key not in PRESETS:
+            raise ValueError(f"unknown --arch {arch!r}; choose one of {sorted(PRESETS)}")
+        preset = PRESETS[key]
+        if preset["embed_dim"] != dim or preset["depth"] != args["depth"]:
+            raise ValueError(
+                f"--arch {arch} expects embed_dim={preset['embed_dim']}, depth={preset['depth']}; "
+                f"the checkpoint has embed_dim={dim}, depth={args['depth']}"
+            )
+        args["num_heads"] = num_heads or preset["num_heads"]
+    return args
+
+
+def check_state_dict(
+    expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], source: str
+) -> None:
+    """Raise ``ValueError`` naming every missing, unexpected and mis-shaped key."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    misshaped = sorted(
+        f"{k}: checkpoint {tuple(found[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(found)
+        if tuple(found[k].shape) != tuple(expected[k].shape)
+    )
+    problems = [
+        f"{label} ({len(items)}): {', '.join(items[:12])}{' ...' if len(items) > 12 else ''}"
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped", misshaped))
+        if items
+    ]
+    if problems:
+        raise ValueError(f"{source}: weights do not fit the model; " + "; ".join(problems))
+
+
+def convert_checkpoint(
+    src: str | Path,
+    out_dir: str | Path,
+    arch: str | None = None,
+    *,
+    num_heads: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Convert an original PASS checkpoint (any layout above) into a pass-hub folder.
+
+    The folder holds ``config.json`` + ``model.safetensors`` + ``preprocessor_config.json`` + ``README.md`` and
+    loads with ``AutoModel.from_pretrained`` and ``timm.create_model("local-dir:...", pretrained=True)``.
+    A fine-tuned ReID checkpoint becomes a ``PassViTForReID`` folder (mean/std 0.5), a backbone a
+    ``PassViTModel`` folder (ImageNet mean/std).
+
+    Args:
+        src: The checkpoint file.
+        out_dir: Output folder, written atomically.
+        arch: Preset name (``pass_vit_small`` ...) to check the checkpoint against; inferred when None.
+        num_heads: Attention heads, when neither the preset nor D/64 is right.
+        overwrite: Replace an existing ``out_dir``.
+    """
+    from .configuration_pass_vit import REID_MEAN, REID_STD, PassViTConfig
+    from .hub import save_hub_folder
+    from .model_card import render_model_card
+    from .modeling_pass_vit import PassViTForReID, PassViTModel
+
+    source = str(src)
+    weights = extract_weights(load_checkpoint_file(src), source=source)
+    args = infer_backbone_args(weights.backbone, arch=arch, num_heads=num_heads)
+    config = PassViTConfig(
+        hidden_size=args["embed_dim"],
+        num_hidden_layers=args["depth"],
+        num_attention_heads=args["num_heads"],
+        mlp_ratio=args["mlp_ratio"],
+        qkv_bias=args["qkv_bias"],
+        image_size=tuple(args["img_size"]),
+        patch_size=args["patch_size"],
+        num_channels=args["in_chans"],
+        num_part_tokens=args["num_parts"],
+    )
+    if weights.reid_head:
+        classifier = weights.reid_head.get("classifier.weight")
+        if classifier is None:
+            raise ValueError(f"{source}: fine-tuned ReID checkpoint without 'classifier.weight'")
+        config.num_labels = classifier.shape[0]
+        config.image_mean, config.image_std = REID_MEAN, REID_STD
+        model = PassViTForReID(config)
+        state = {**{f"pass_vit.vit.{k}": v for k, v in weights.backbone.items()}, **weights.reid_head}
+    else:
+        model = PassViTModel(config)
+        state = {f"vit.{k}": v for k, v in weights.backbone.items()}
+    check_state_dict(model.state_dict(), state, source)
+    model.load_state_dict(state, strict=True)
+    card = render_model_card(
+        config,
+        kind="reid" if weights.reid_head else "backbone",
+        summary=f"Converted from the original PASS checkpoint `{Path(src).name}` ({weights.source_format} layout).",
+    )
+    return save_hub_folder(model, out_dir, model_card=card, overwrite=overwrite)

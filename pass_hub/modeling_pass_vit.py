@@ -1,0 +1,270 @@
+"""transformers models around the one PASS backbone: ``PassViTModel`` and ``PassViTForReID``.
+
+Both wrap :class:`pass_hub.backbone.PassVisionTransformer` (the module timm's ``pass_vit_*`` entries return),
+so a folder saved by either loads in timm too.
+
+Example:
+    >>> import torch, pass_hub
+    >>> config = pass_hub.PassViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2)
+    >>> model = pass_hub.PassViTModel(config).eval()
+    >>> out = model(torch.randn(1, 3, 256, 128))
+    >>> out.last_hidden_state.shape, out.pooler_output.shape, out.part_tokens.shape
+    (torch.Size([1, 132, 64]), torch.Size([1, 128]), torch.Size([1, 3, 64]))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import ModelOutput
+
+from .backbone import PassVisionTransformer, l2_normalize, pool_parts
+from .configuration_pass_vit import PassViTConfig
+
+
+@dataclass
+class PassViTModelOutput(BaseModelOutputWithPooling):
+    """Output of :class:`PassViTModel`.
+
+    Attributes:
+        last_hidden_state: (B, 1 + P + N, D) tokens ``[CLS, PART1..P, patches]`` after the final norm.
+        pooler_output: (B, 2D) ReID embedding ``cat(CLS, mean(PARTs))``, not normalised.
+        hidden_states: Embedding output and the output of every block, each (B, 1 + P + N, D).
+        attentions: Attention probabilities of every block, each (B, heads, T, T).
+        part_tokens: (B, P, D) the [PART] tokens (top to bottom) after the final norm.
+    """
+
+    part_tokens: torch.FloatTensor | None = None
+
+
+@dataclass
+class PassViTReIDOutput(ModelOutput):
+    """Output of :class:`PassViTForReID`.
+
+    Attributes:
+        loss: Identity cross-entropy when ``labels`` are given.
+        logits: (B, num_labels) identity logits from the after-neck feature.
+        embeddings: (B, 2D) test-time ReID embedding, chosen by ``config.reid_feature`` and L2-normalised when
+            ``config.normalize_embeddings``.
+        features_before_neck: (B, 2D) ``cat(CLS, mean(PARTs))``: the triplet-loss feature.
+        features_after_neck: (B, 2D) ``cat(BN(CLS), mean(BN_k(PART_k)))``: the classifier input.
+        hidden_states: As in :class:`PassViTModelOutput`.
+        attentions: As in :class:`PassViTModelOutput`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    embeddings: torch.FloatTensor | None = None
+    features_before_neck: torch.FloatTensor | None = None
+    features_after_neck: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class PassViTPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and loading conventions shared by the PASS models."""
+
+    config_class = PassViTConfig
+    config: PassViTConfig
+    base_model_prefix = "pass_vit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Block"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, PassVisionTransformer):
+            # timm's ViT recipe: the tokens start near zero, the position table like the linear layers.
+            init.trunc_normal_(module.pos_embed, std=std)
+            init.normal_(module.cls_token, std=1e-6)
+            init.normal_(module.reg_token, std=1e-6)
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+
+
+class PassViTModel(PassViTPreTrainedModel):
+    """The PASS part-aware ViT backbone. ``pooler_output`` is the ReID embedding ``cat(CLS, mean(PARTs))``.
+
+    Inputs whose size differs from ``config.image_size`` get a resampled patch position table (the CLS and
+    PART positions are kept), so 384x128 or 224x224 inputs work with 256x128 weights.
+
+    Example:
+        >>> from transformers import AutoModel, AutoImageProcessor  # doctest: +SKIP
+        >>> model = AutoModel.from_pretrained("out/pass-vit-s16")  # doctest: +SKIP
+        >>> processor = AutoImageProcessor.from_pretrained("out/pass-vit-s16")  # doctest: +SKIP
+        >>> embedding = model(**processor(images, return_tensors="pt")).pooler_output  # doctest: +SKIP
+    """
+
+    def __init__(self, config: PassViTConfig) -> None:
+        super().__init__(config)
+        config.validate_architecture()
+        self.vit = PassVisionTransformer(
+            **config.backbone_kwargs(),
+            drop_path_rate=config.drop_path_rate,
+            dynamic_img_size=True,
+            num_classes=0,
+        )
+        self.post_init()
+        self.set_fused_attention(self.config._attn_implementation != "eager")
+
+    def set_fused_attention(self, enable: bool) -> None:
+        """Use PyTorch's fused attention kernel (``sdpa``) or the plain matmul-softmax path (``eager``)."""
+        for block in self.vit.blocks:
+            block.attn.fused_attn = enable
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.vit.grad_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enable: bool) -> None:
+        self.vit.set_grad_checkpointing(enable)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vit.patch_embed
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool | None) -> None:
+        channels = self.config.num_channels
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != channels:
+            raise ValueError(f"pixel_values must be (batch, {channels}, height, width), got {list(pixel_values.shape)}")
+        size = tuple(pixel_values.shape[-2:])
+        patch = self.config.patch_size
+        if size[0] % patch or size[1] % patch:
+            raise ValueError(f"image size {size} is not a multiple of the patch size {patch}")
+        if interpolate_pos_encoding is False and size != tuple(self.config.image_size):
+            raise ValueError(
+                f"image size {size} differs from the model's {tuple(self.config.image_size)}; "
+                "pass interpolate_pos_encoding=True (or None) to resample the position table"
+            )
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> PassViTModelOutput | tuple:
+        r"""
+        Args:
+            pixel_values: (B, C, H, W) normalised images; H and W multiples of the patch size.
+            output_hidden_states: Return the embedding output and every block's output.
+            output_attentions: Return every block's attention probabilities (computed unfused).
+            interpolate_pos_encoding: ``False`` refuses sizes other than ``config.image_size``; ``None``/``True``
+                resample the patch position table when needed.
+            return_dict: Return a :class:`PassViTModelOutput` (default) or a plain tuple.
+        """
+        config = self.config
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        return_dict = config.return_dict if return_dict is None else return_dict
+        self._check_pixel_values(pixel_values, interpolate_pos_encoding)
+
+        tokens = self.vit.forward_tokens(
+            pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions
+        )
+        num_parts = config.num_part_tokens
+        output = PassViTModelOutput(
+            last_hidden_state=tokens.last_hidden_state,
+            pooler_output=pool_parts(tokens.last_hidden_state, num_parts),
+            hidden_states=tokens.hidden_states,
+            attentions=tokens.attentions,
+            part_tokens=tokens.last_hidden_state[:, 1 : 1 + num_parts],
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class PassViTForReID(PassViTPreTrainedModel):
+    """PASS backbone with the supervised ReID head of the paper (spec §4).
+
+    Four BatchNorm1d necks (CLS, PART1..3; bias frozen at 0) and a bias-free identity classifier on
+    ``cat(BN(CLS), mean(BN_k(PART_k)))``. The test-time embedding (``embeddings``) is the feature before the
+    necks, L2-normalised, unless ``config.reid_feature`` / ``config.normalize_embeddings`` say otherwise.
+
+    Example:
+        >>> import torch, pass_hub
+        >>> config = pass_hub.PassViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_labels=10)
+        >>> model = pass_hub.PassViTForReID(config)
+        >>> out = model(torch.randn(4, 3, 256, 128), labels=torch.tensor([0, 1, 2, 3]))
+        >>> out.logits.shape, out.embeddings.shape, out.loss.ndim
+        (torch.Size([4, 10]), torch.Size([4, 128]), 0)
+    """
+
+    def __init__(self, config: PassViTConfig) -> None:
+        super().__init__(config)
+        self.pass_vit = PassViTModel(config)
+        dim = config.hidden_size
+        self.cls_neck = nn.BatchNorm1d(dim)
+        self.part_necks = nn.ModuleList(nn.BatchNorm1d(dim) for _ in range(config.num_part_tokens))
+        for neck in (self.cls_neck, *self.part_necks):
+            neck.bias.requires_grad_(False)
+        self.classifier = nn.Linear(2 * dim, config.num_labels, bias=False)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if module is self.classifier:
+            # The identity classifier of the original recipe starts from N(0, 0.001).
+            init.normal_(module.weight, std=0.001)
+        else:
+            super()._init_weights(module)
+
+    def neck_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``cat(BN(CLS), mean(BN_k(PART_k)))`` from (B, T, D) tokens."""
+        parts = torch.stack([neck(tokens[:, 1 + k]) for k, neck in enumerate(self.part_necks)]).mean(dim=0)
+        return torch.cat([self.cls_neck(tokens[:, 0]), parts], dim=-1)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> PassViTReIDOutput | tuple:
+        r"""
+        Args:
+            pixel_values: (B, C, H, W) images normalised with the model's mean/std.
+            labels: (B,) identity indices in [0, num_labels) for the cross-entropy loss.
+        """
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.pass_vit(
+            pixel_values,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            return_dict=True,
+        )
+        before = outputs.pooler_output
+        after = self.neck_features(outputs.last_hidden_state)
+        logits = self.classifier(after)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits, labels, label_smoothing=float(self.config.label_smoothing))
+        embeddings = before if self.config.reid_feature == "before_neck" else after
+        if self.config.normalize_embeddings:
+            embeddings = l2_normalize(embeddings)
+        output = PassViTReIDOutput(
+            loss=loss,
+            logits=logits,
+            embeddings=embeddings,
+            features_before_neck=before,
+            features_after_neck=after,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
