@@ -84,9 +84,10 @@ class PassViTConfig(PreTrainedConfig):
         self.image_mean = tuple(self.image_mean)
         self.image_std = tuple(self.image_std)
         super().__post_init__(**kwargs)
+        self.check_values()
 
-    def validate_architecture(self) -> None:
-        """Raise ``ValueError`` naming the first inconsistent value."""
+    def check_values(self) -> None:
+        """Raise ``ValueError`` naming the first inconsistent value (run on creation and by the models)."""
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}"

@@ -300,12 +300,15 @@ def convert_checkpoint(
         config.num_labels = classifier.shape[0]
         config.image_mean, config.image_std = REID_MEAN, REID_STD
         model = PassViTForReID(config)
-        state = {**{f"pass_vit.vit.{k}": v for k, v in weights.backbone.items()}, **weights.reid_head}
+        backbone = model.pass_vit.vit
+        head_expected = {k: v for k, v in model.state_dict().items() if not k.startswith("pass_vit.")}
+        check_state_dict(head_expected, weights.reid_head, source)
+        model.load_state_dict(weights.reid_head, strict=False)
     else:
         model = PassViTModel(config)
-        state = {f"vit.{k}": v for k, v in weights.backbone.items()}
-    check_state_dict(model.state_dict(), state, source)
-    model.load_state_dict(state, strict=True)
+        backbone = model.vit
+    check_state_dict(backbone.state_dict(), weights.backbone, source)
+    backbone.load_state_dict(weights.backbone, strict=True)
     card = render_model_card(
         config,
         kind="reid" if weights.reid_head else "backbone",

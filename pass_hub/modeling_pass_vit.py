@@ -67,6 +67,18 @@ class PassViTReIDOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
+def bias_frozen_batchnorm(dim: int) -> nn.BatchNorm1d:
+    """BatchNorm1d whose bias is a zero buffer instead of a parameter.
+
+    The recipe freezes the neck bias at 0; as a buffer it stays out of every optimizer and survives
+    ``from_pretrained`` (which re-creates parameters with ``requires_grad=True``), yet keeps the ``.bias`` key.
+    """
+    neck = nn.BatchNorm1d(dim)
+    del neck.bias
+    neck.register_buffer("bias", torch.zeros(dim))
+    return neck
+
+
 class PassViTPreTrainedModel(PreTrainedModel):
     """Weight initialisation and loading conventions shared by the PASS models."""
 
@@ -107,9 +119,12 @@ class PassViTModel(PassViTPreTrainedModel):
         >>> embedding = model(**processor(images, return_tensors="pt")).pooler_output  # doctest: +SKIP
     """
 
+    # A fine-tuned ReID folder also loads as the bare backbone; its head is expected to be left out.
+    _keys_to_ignore_on_load_unexpected = [r"^cls_neck\.", r"^part_necks\.", r"^classifier\."]
+
     def __init__(self, config: PassViTConfig) -> None:
         super().__init__(config)
-        config.validate_architecture()
+        config.check_values()
         self.vit = PassVisionTransformer(
             **config.backbone_kwargs(),
             drop_path_rate=config.drop_path_rate,
@@ -207,10 +222,8 @@ class PassViTForReID(PassViTPreTrainedModel):
         super().__init__(config)
         self.pass_vit = PassViTModel(config)
         dim = config.hidden_size
-        self.cls_neck = nn.BatchNorm1d(dim)
-        self.part_necks = nn.ModuleList(nn.BatchNorm1d(dim) for _ in range(config.num_part_tokens))
-        for neck in (self.cls_neck, *self.part_necks):
-            neck.bias.requires_grad_(False)
+        self.cls_neck = bias_frozen_batchnorm(dim)
+        self.part_necks = nn.ModuleList(bias_frozen_batchnorm(dim) for _ in range(config.num_part_tokens))
         self.classifier = nn.Linear(2 * dim, config.num_labels, bias=False)
         self.post_init()
 
