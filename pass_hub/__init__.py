@@ -9,7 +9,7 @@ Example:
     ['pass_vit_base', 'pass_vit_small', 'pass_vit_tiny']
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel
+from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel
 
 from . import timm_models
 from .backbone import PassVisionTransformer, pool_parts
@@ -18,6 +18,7 @@ from .convert import convert_checkpoint, extract_weights, load_checkpoint_file
 from .hub import save_hub_folder
 from .image_processing_pass_vit import PassViTImageProcessor, PassViTImageProcessorPil, image_processor_for
 from .modeling_pass_vit import (
+    PassViTBackbone,
     PassViTForReID,
     PassViTModel,
     PassViTModelOutput,
@@ -27,6 +28,7 @@ from .modeling_pass_vit import (
 
 AutoConfig.register(PassViTConfig.model_type, PassViTConfig, exist_ok=True)
 AutoModel.register(PassViTConfig, PassViTModel, exist_ok=True)
+AutoBackbone.register(PassViTConfig, PassViTBackbone, exist_ok=True)
 AutoImageProcessor.register(
     PassViTConfig,
     image_processor_classes={"torchvision": PassViTImageProcessor, "pil": PassViTImageProcessorPil},
@@ -35,6 +37,7 @@ AutoImageProcessor.register(
 
 __version__ = "0.1.0"
 __all__ = [
+    "PassViTBackbone",
     "PassViTConfig",
     "PassViTForReID",
     "PassViTImageProcessor",

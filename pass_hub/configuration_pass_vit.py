@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+from transformers.backbone_utils import BackboneConfigMixin
 
 from .backbone import PRESETS, REID_IMAGE_SIZE
 
@@ -27,7 +28,7 @@ TIMM_KEYS = ("architecture", "num_classes", "model_args", "pretrained_cfg")
 
 
 @strict
-class PassViTConfig(PreTrainedConfig):
+class PassViTConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""Configuration of a PASS part-aware ViT (``model_type="pass_vit"``). Defaults are ViT-S/16 at 256x128.
 
     Args:
@@ -50,6 +51,7 @@ class PassViTConfig(PreTrainedConfig):
             or ``"after_neck"`` (after the BatchNorm necks).
         normalize_embeddings: L2-normalise the test-time embedding of ``PassViTForReID``.
         label_smoothing: Label smoothing of the identity cross-entropy of ``PassViTForReID``.
+        out_features / out_indices: Blocks whose feature maps ``PassViTBackbone`` returns (``stage1``..``stageN``).
 
     Example:
         >>> config = PassViTConfig.from_preset("pass_vit_tiny", image_size=(384, 128))
@@ -76,6 +78,8 @@ class PassViTConfig(PreTrainedConfig):
     reid_feature: str = "before_neck"
     normalize_embeddings: bool = True
     label_smoothing: float | int = 0.0
+    _out_features: list[str] | None = None
+    _out_indices: list[int] | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         for key in TIMM_KEYS:
@@ -83,6 +87,10 @@ class PassViTConfig(PreTrainedConfig):
         self.image_size = tuple(self.image_size)
         self.image_mean = tuple(self.image_mean)
         self.image_std = tuple(self.image_std)
+        self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, self.num_hidden_layers + 1)]
+        self.set_output_features_output_indices(
+            out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
+        )
         super().__post_init__(**kwargs)
         self.check_values()
 

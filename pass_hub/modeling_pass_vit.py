@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from .backbone import PassVisionTransformer, l2_normalize, pool_parts
@@ -106,18 +107,8 @@ class PassViTPreTrainedModel(PreTrainedModel):
             super()._init_weights(module)
 
 
-class PassViTModel(PassViTPreTrainedModel):
-    """The PASS part-aware ViT backbone. ``pooler_output`` is the ReID embedding ``cat(CLS, mean(PARTs))``.
-
-    Inputs whose size differs from ``config.image_size`` get a resampled patch position table (the CLS and
-    PART positions are kept), so 384x128 or 224x224 inputs work with 256x128 weights.
-
-    Example:
-        >>> from transformers import AutoModel, AutoImageProcessor  # doctest: +SKIP
-        >>> model = AutoModel.from_pretrained("out/pass-vit-s16")  # doctest: +SKIP
-        >>> processor = AutoImageProcessor.from_pretrained("out/pass-vit-s16")  # doctest: +SKIP
-        >>> embedding = model(**processor(images, return_tensors="pt")).pooler_output  # doctest: +SKIP
-    """
+class PassViTEncoderModel(PassViTPreTrainedModel):
+    """Base of the models that own the backbone directly (``PassViTModel``, ``PassViTBackbone``)."""
 
     # A fine-tuned ReID folder also loads as the bare backbone; its head is expected to be left out.
     _keys_to_ignore_on_load_unexpected = [r"^cls_neck\.", r"^part_necks\.", r"^classifier\."]
@@ -131,7 +122,9 @@ class PassViTModel(PassViTPreTrainedModel):
             dynamic_img_size=True,
             num_classes=0,
         )
-        self.post_init()
+
+    def post_init(self) -> None:
+        super().post_init()
         self.set_fused_attention(self.config._attn_implementation != "eager")
 
     def set_fused_attention(self, enable: bool) -> None:
@@ -150,7 +143,7 @@ class PassViTModel(PassViTPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.vit.patch_embed
 
-    def _check_pixel_values(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool | None) -> None:
+    def _check_pixel_values(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool | None = None) -> None:
         channels = self.config.num_channels
         if pixel_values.ndim != 4 or pixel_values.shape[1] != channels:
             raise ValueError(f"pixel_values must be (batch, {channels}, height, width), got {list(pixel_values.shape)}")
@@ -163,6 +156,24 @@ class PassViTModel(PassViTPreTrainedModel):
                 f"image size {size} differs from the model's {tuple(self.config.image_size)}; "
                 "pass interpolate_pos_encoding=True (or None) to resample the position table"
             )
+
+
+class PassViTModel(PassViTEncoderModel):
+    """The PASS part-aware ViT backbone. ``pooler_output`` is the ReID embedding ``cat(CLS, mean(PARTs))``.
+
+    Inputs whose size differs from ``config.image_size`` get a resampled patch position table (the CLS and
+    PART positions are kept), so 384x128 or 224x224 inputs work with 256x128 weights.
+
+    Example:
+        >>> from transformers import AutoModel, AutoImageProcessor  # doctest: +SKIP
+        >>> model = AutoModel.from_pretrained("out/pass-vit-s16")  # doctest: +SKIP
+        >>> processor = AutoImageProcessor.from_pretrained("out/pass-vit-s16")  # doctest: +SKIP
+        >>> embedding = model(**processor(images, return_tensors="pt")).pooler_output  # doctest: +SKIP
+    """
+
+    def __init__(self, config: PassViTConfig) -> None:
+        super().__init__(config)
+        self.post_init()
 
     def forward(
         self,
@@ -279,5 +290,52 @@ class PassViTForReID(PassViTPreTrainedModel):
             features_after_neck=after,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class PassViTBackbone(BackboneMixin, PassViTEncoderModel):
+    """Feature maps (B, D, H/p, W/p) of selected blocks, after the final norm, for dense-prediction heads.
+
+    Example:
+        >>> import torch, pass_hub
+        >>> config = pass_hub.PassViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        ...                                 out_features=["stage1", "stage2"])
+        >>> maps = pass_hub.PassViTBackbone(config)(torch.randn(1, 3, 256, 128)).feature_maps
+        >>> [tuple(m.shape) for m in maps]
+        [(1, 64, 16, 8), (1, 64, 16, 8)]
+    """
+
+    def __init__(self, config: PassViTConfig) -> None:
+        super().__init__(config)
+        self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BackboneOutput | tuple:
+        config = self.config
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        return_dict = config.return_dict if return_dict is None else return_dict
+        self._check_pixel_values(pixel_values)
+        tokens = self.vit.forward_tokens(pixel_values, output_hidden_states=True, output_attentions=output_attentions)
+        batch = pixel_values.shape[0]
+        height, width = (side // config.patch_size for side in pixel_values.shape[-2:])
+        prefix = self.vit.num_prefix_tokens
+        feature_maps = tuple(
+            self.vit.norm(hidden)[:, prefix:].reshape(batch, height, width, -1).permute(0, 3, 1, 2).contiguous()
+            for stage, hidden in zip(self.stage_names, tokens.hidden_states, strict=True)
+            if stage in self.out_features
+        )
+        output = BackboneOutput(
+            feature_maps=feature_maps,
+            hidden_states=tokens.hidden_states if output_hidden_states else None,
+            attentions=tokens.attentions,
         )
         return output if return_dict else output.to_tuple()

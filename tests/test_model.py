@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 from reference_pass import ReferencePassViT
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, pipeline
+from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, pipeline
 
 import pass_hub
 from pass_hub.backbone import pool_parts
@@ -203,3 +203,21 @@ def test_processor_follows_the_config(tiny_config):
     assert processor.size.height == 384 and list(processor.image_mean) == [0.5, 0.5, 0.5]
     pixels = processor(Image.new("RGB", (50, 100), (255, 255, 255)), return_tensors="pt")["pixel_values"]
     assert pixels.shape == (1, 3, 384, 128) and torch.allclose(pixels, torch.ones_like(pixels))
+
+
+def test_auto_backbone_feature_maps(model, tmp_path):
+    folder = pass_hub.save_hub_folder(model, tmp_path / "folder")
+    # AutoBackbone.from_pretrained asks the hub whether a repo exists even for local folders (transformers
+    # 5.24), so a folder loads through the class; the Auto mapping itself is checked with from_config.
+    assert isinstance(AutoBackbone.from_config(AutoConfig.from_pretrained(folder)), pass_hub.PassViTBackbone)
+    backbone = pass_hub.PassViTBackbone.from_pretrained(folder, out_indices=[1, 2]).eval()
+    assert backbone.out_features == ["stage1", "stage2"]
+    pixels = torch.randn(2, 3, 384, 128)
+    with torch.no_grad():
+        maps = backbone(pixels).feature_maps
+        tokens = model(pixels, output_hidden_states=True)
+    assert [tuple(m.shape) for m in maps] == [(2, 64, 24, 8)] * 2
+    patches = tokens.last_hidden_state[:, 4:].reshape(2, 24, 8, 64).permute(0, 3, 1, 2)
+    assert torch.allclose(maps[-1], patches, atol=1e-6)
+    first = model.vit.norm(tokens.hidden_states[1])[:, 4:].reshape(2, 24, 8, 64).permute(0, 3, 1, 2)
+    assert torch.allclose(maps[0], first, atol=1e-6)
