@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 from reference_pass import ReferencePassViT, ReferenceReID, pretraining_checkpoint
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 import pass_hub
 from pass_hub.cli import main as cli_main
@@ -63,6 +63,7 @@ def test_flat_backbone_converts_exactly(tmp_path, reference, images, nesting):
     _assert_backbone_matches(folder, reference, images)
     config = AutoConfig.from_pretrained(folder)
     assert config.image_mean == pass_hub.configuration_pass_vit.IMAGENET_MEAN
+    assert tuple(AutoImageProcessor.from_pretrained(folder).image_mean) == config.image_mean
 
 
 def test_pretraining_checkpoint_keeps_the_teacher(tmp_path, reference, images):
@@ -86,6 +87,8 @@ def test_finetuned_reid_model_converts_exactly(tmp_path, reference, images):
 
     model = pass_hub.PassViTForReID.from_pretrained(folder).eval()
     assert model.config.num_labels == 7 and model.config.image_mean == (0.5, 0.5, 0.5)
+    processor = AutoImageProcessor.from_pretrained(folder)
+    assert list(processor.image_mean) == [0.5] * 3 and list(processor.image_std) == [0.5] * 3
     with torch.no_grad():
         before, after, logits = reid(images)
         out = model(images)
