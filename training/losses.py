@@ -1,0 +1,87 @@
+"""Losses of the training scripts, as pure functions on tensors.
+
+Part-aware DINO (spec §3): cross-entropy between the centred, sharpened teacher softmax and the student
+log-softmax. The CLS output of each teacher global view is matched with the CLS of every other student view
+(2 x 11 - 2 = 20 terms); the PART_k output of each teacher global view with PART_k of the other global view and
+of the local views of stripe k (8 terms per part). All 44 terms are averaged with equal weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def part_aware_dino_loss(
+    teacher_global: torch.Tensor,
+    student_global: torch.Tensor,
+    student_local_cls: torch.Tensor,
+    student_local_part: torch.Tensor,
+    centers: torch.Tensor,
+    *,
+    student_temp: float = 0.1,
+    teacher_temp: float = 0.04,
+) -> torch.Tensor:
+    """The PASS pre-training loss.
+
+    Args:
+        teacher_global: (1 + S, 2B, K) teacher head outputs for CLS, PART1..S of both global views
+            (rows [0:B] = global view 1).
+        student_global: (1 + S, 2B, K) the same for the student.
+        student_local_cls: (S*C*B, K) student CLS outputs of the local views, ordered stripe, crop, sample.
+        student_local_part: (S*C*B, K) student PART_k outputs of the same local views (k = the stripe).
+        centers: (1 + S, K) one center per token type.
+        student_temp: Student softmax temperature.
+        teacher_temp: Teacher softmax temperature.
+
+    Returns:
+        Scalar mean over the 2(1 + S*C) CLS terms and 2S(1 + C) part terms, each a batch mean.
+
+    Example:
+        >>> g = torch.randn(4, 6, 16)
+        >>> part_aware_dino_loss(g, g, torch.randn(27, 16), torch.randn(27, 16), torch.zeros(4, 16)).ndim
+        0
+    """
+    token_types, two_batch, num_out = teacher_global.shape
+    stripes, batch = token_types - 1, two_batch // 2
+    crops = student_local_cls.shape[0] // (stripes * batch)
+    if student_local_cls.shape[0] != stripes * crops * batch or student_local_part.shape != student_local_cls.shape:
+        raise ValueError(
+            f"local outputs {tuple(student_local_cls.shape)} / {tuple(student_local_part.shape)} do not fit "
+            f"{stripes} stripes x B={batch}"
+        )
+    teacher = F.softmax((teacher_global - centers[:, None]) / teacher_temp, dim=-1).reshape(token_types, 2, batch, -1)
+    student = F.log_softmax(student_global / student_temp, dim=-1).reshape(token_types, 2, batch, -1)
+    local_cls = F.log_softmax(student_local_cls / student_temp, dim=-1).reshape(stripes * crops, batch, num_out)
+    local_part = F.log_softmax(student_local_part / student_temp, dim=-1).reshape(stripes, crops, batch, num_out)
+
+    # cross[t, i, j]: teacher view i vs student view j for token type t; only i != j counts.
+    cross = -torch.einsum("tibk,tjbk->tij", teacher, student) / batch
+    global_terms = cross[:, 0, 1] + cross[:, 1, 0]
+    cls_local = -torch.einsum("ibk,vbk->", teacher[0], local_cls) / batch
+    part_local = -torch.einsum("sibk,scbk->", teacher[1:], local_part) / batch
+    total = global_terms.sum() + cls_local + part_local
+    num_terms = 2 * (1 + stripes * crops) + 2 * stripes * (1 + crops)
+    return total / num_terms
+
+
+def updated_centers(
+    centers: torch.Tensor,
+    teacher_global: torch.Tensor,
+    momentum: float = 0.9,
+    all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """EMA of the mean teacher output per token type over both global views (and all processes).
+
+    Args:
+        centers: (1 + S, K) current centers.
+        teacher_global: (1 + S, 2B, K) teacher head outputs of this step.
+        momentum: EMA momentum (0.9 in PASS).
+        all_reduce_mean: Averages a tensor over processes (equal batch sizes); None on a single process.
+    """
+    batch_center = teacher_global.detach().mean(dim=1)
+    if all_reduce_mean is not None:
+        batch_center = all_reduce_mean(batch_center)
+    return centers * momentum + batch_center * (1 - momentum)

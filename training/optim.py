@@ -1,0 +1,56 @@
+"""Optimiser helpers shared by the training scripts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+def weight_decay_groups(model: nn.Module) -> list[dict]:
+    """Two AdamW/SGD groups: weights with decay; biases and 1-D tensors (norms) without.
+
+    Each group carries ``"weight_decay_scale"`` so a per-step weight-decay schedule is applied to the first only.
+    """
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if name.endswith(".bias") or param.ndim == 1 else decay).append(param)
+    return [{"params": decay, "weight_decay_scale": 1.0}, {"params": no_decay, "weight_decay_scale": 0.0}]
+
+
+def set_hyperparameters(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float | None = None) -> None:
+    """Write this step's learning rate (times a group's ``lr_scale``) and weight decay into every group."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+        if weight_decay is not None:
+            group["weight_decay"] = weight_decay * group.get("weight_decay_scale", 1.0)
+
+
+@torch.no_grad()
+def clip_gradients_per_tensor(parameters: Iterable[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Clip each parameter's gradient to its own norm ``max_norm`` (PASS/DINO), not one global norm.
+
+    Returns:
+        The norms before clipping (one per parameter with a gradient).
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(0)
+    norms = torch.stack(torch._foreach_norm(grads))
+    scales = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    torch._foreach_mul_(grads, list(scales.unbind()))
+    return norms
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, source: nn.Module, momentum: float) -> None:
+    """target = momentum * target + (1 - momentum) * source, parameter by parameter (the DINO teacher)."""
+    target_params = [p for p in target.parameters()]
+    source_params = [p.detach() for p in source.parameters()]
+    if len(target_params) != len(source_params):
+        raise ValueError(f"teacher has {len(target_params)} parameters, student {len(source_params)}")
+    torch._foreach_mul_(target_params, momentum)
+    torch._foreach_add_(target_params, source_params, alpha=1 - momentum)
