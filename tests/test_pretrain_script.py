@@ -1,0 +1,122 @@
+"""training/pretrain.py end to end at toy size: outputs, SIGKILL + resume bit-identity, two processes (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+import pass_hub  # noqa: F401  (registers the Auto classes used below)
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "training" / "pretrain.py"
+TOY = [
+    "--data", "synthetic:train_ids=2,test_ids=1,unlabelled=48,distractors=0,image_size=64x32",
+    "--image_size", "64", "32",
+    "--out_dim", "64", "--head_hidden_dim", "32", "--head_bottleneck_dim", "16",
+    "--num_workers", "0", "--report_to", "none", "--epochs", "3",
+]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return env
+
+
+def _run(args: list[str], launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    command = (launcher or [sys.executable]) + [str(SCRIPT), *TOY, *args]
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _history(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_outputs_of_a_run(tmp_path):
+    out = tmp_path / "run"
+    _run(["--output_dir", str(out), "--batch_size", "8", "--max_steps", "4", "--save_every_steps", "2"])
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"] == 4 and results["replicas_in_sync"] and results["images"] == 48
+    history = _history(out)
+    assert [entry["step"] for entry in history] == [1, 2, 3, 4]
+    assert history[0]["lr"] == 0.0 and history[1]["lr"] > 0  # linear warm-up from zero
+    assert (out / "loss_curves.png").stat().st_size > 1000
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
+    folder = out / "pass-vit-pretrained"
+    model = AutoModel.from_pretrained(folder)
+    assert model.config.image_size == (64, 32) and model.config.image_mean == (0.485, 0.456, 0.406)
+    card = (folder / "README.md").read_text()
+    assert "4 steps" in card and "synthetic" in card
+    with pytest.raises(AssertionError, match="already holds checkpoints"):
+        _run(["--output_dir", str(out), "--batch_size", "8", "--max_steps", "4"])
+
+
+def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
+    common = ["--batch_size", "4", "--max_steps", "8", "--save_every_steps", "2"]
+    _run(["--output_dir", str(tmp_path / "straight"), *common])
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, str(SCRIPT), *TOY, "--output_dir", str(killed), *common]
+    process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step_00000002").exists():
+        assert process.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "results.json").exists()  # it really died mid-run (12 batches per epoch: mid-epoch too)
+
+    _run(["--output_dir", str(killed), *common, "--resume"])
+    straight = load_file(tmp_path / "straight" / "pass-vit-pretrained" / "model.safetensors")
+    resumed = load_file(killed / "pass-vit-pretrained" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for name, tensor in straight.items():
+        assert torch.equal(tensor, resumed[name]), name
+    assert [e["loss"] for e in _history(killed)] == [e["loss"] for e in _history(tmp_path / "straight")]
+
+
+def test_a_partial_checkpoint_is_ignored_on_resume(tmp_path):
+    out = tmp_path / "run"
+    _run(["--output_dir", str(out), "--batch_size", "8", "--max_steps", "2", "--save_every_steps", "1"])
+    checkpoints = out / "checkpoints"
+    shutil.copytree(checkpoints / "step_00000002", checkpoints / ".step_00000003.partial")
+    result = _run(["--output_dir", str(out), "--batch_size", "8", "--max_steps", "3", "--resume"])
+    assert "resumed from" in result.stdout and "step_00000002" in result.stdout
+    assert json.loads((out / "results.json").read_text())["steps"] == 3
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    common = ["--max_steps", "3", "--drop_path_rate", "0", "--save_every_steps", "100"]
+    _run(["--output_dir", str(tmp_path / "one"), "--batch_size", "8", *common])
+    launcher = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+    ]
+    env_cpu = {"ACCELERATE_USE_CPU": "1"}
+    os.environ.update(env_cpu)
+    try:
+        _run(["--output_dir", str(tmp_path / "two"), "--batch_size", "4", *common], launcher=launcher)
+    finally:
+        for key in env_cpu:
+            os.environ.pop(key)
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["num_processes"] == 2 and two["global_batch"] == 8 and two["replicas_in_sync"]
+    losses_one = [e["loss"] for e in _history(tmp_path / "one")]
+    losses_two = [e["loss"] for e in _history(tmp_path / "two")]
+    assert losses_one == pytest.approx(losses_two, abs=2e-4)
+    one = load_file(tmp_path / "one" / "pass-vit-pretrained" / "model.safetensors")
+    two_weights = load_file(tmp_path / "two" / "pass-vit-pretrained" / "model.safetensors")
+    assert max((one[k] - two_weights[k]).abs().max().item() for k in one) < 1e-4

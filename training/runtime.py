@@ -1,0 +1,202 @@
+"""What every training script shares: common flags, the accelerator, atomic checkpoints and resume, logs.
+
+A run directory looks like::
+
+    output_dir/
+      checkpoints/step_00000200/   accelerate save_state folders, written to a temp name and renamed
+      metrics.jsonl                one line per logged step (rewritten from the checkpointed history)
+      loss_curves.png              the logged series as pictures
+      logs/                        tracker files (tensorboard)
+      results.json                 final numbers of the run
+      <model folder>/              the hub folder the run publishes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import ProjectConfiguration, set_seed
+
+CHECKPOINT_PREFIX = "step_"
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, default_output_dir: str) -> None:
+    """Flags every training script takes (run length, batch, checkpoints, logging)."""
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", default=default_output_dir, help="run directory (checkpoints, logs, model)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--epochs", type=int, default=None, help="training epochs (the script's default if omitted)")
+    run.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
+    run.add_argument("--batch_size", type=int, default=None, help="images per process per step")
+    run.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    run.add_argument("--num_workers", type=int, default=2, help="DataLoader workers per process")
+    run.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
+                     help="overrides accelerate's config; fp32 ('no') is the sensible choice on a CPU")
+    run.add_argument("--resume", nargs="?", const="latest", default=None,
+                     help="resume from the latest checkpoint in output_dir, or from the given checkpoint folder")
+    run.add_argument("--save_every_steps", type=int, default=100, help="checkpoint period in optimizer steps")
+    run.add_argument("--keep_checkpoints", type=int, default=2, help="how many recent checkpoints to keep")
+    run.add_argument("--log_every_steps", type=int, default=1)
+    run.add_argument("--report_to", choices=("tensorboard", "none"), default=_default_tracker(),
+                     help="tracker for training logs")
+    run.add_argument("--overwrite_output_dir", action="store_true",
+                     help="start afresh even if output_dir holds checkpoints of another run")
+
+
+def _default_tracker() -> str:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return "none"
+    return "tensorboard"
+
+
+def make_accelerator(args: argparse.Namespace) -> Accelerator:
+    """An Accelerator with seedable sampling (the shuffling order depends only on seed and epoch)."""
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
+    set_seed(args.seed)
+    return accelerator
+
+
+class TrainingState:
+    """Counters and logged history; registered with accelerate so checkpoints carry them."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.history = list(state["history"])
+
+
+class Checkpointer:
+    """Periodic ``save_state`` checkpoints that are complete or absent, never half-written."""
+
+    def __init__(self, accelerator: Accelerator, output_dir: str | Path, keep: int = 2) -> None:
+        self.accelerator = accelerator
+        self.folder = Path(output_dir) / "checkpoints"
+        self.keep = max(keep, 1)
+
+    def completed(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(p for p in self.folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
+
+    def save(self, step: int) -> Path:
+        final = self.folder / f"{CHECKPOINT_PREFIX}{step:08d}"
+        staging = self.folder / f".{final.name}.partial"
+        if self.accelerator.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+            self.folder.mkdir(parents=True, exist_ok=True)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(staging))
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            shutil.rmtree(final, ignore_errors=True)
+            staging.rename(final)
+            for old in self.completed()[: -self.keep]:
+                shutil.rmtree(old)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def resume(self, spec: str | None) -> Path | None:
+        """Load the checkpoint ``spec`` names (``"latest"`` or a folder); None starts afresh."""
+        if spec is None:
+            return None
+        if spec == "latest":
+            found = self.completed()
+            if not found:
+                self.accelerator.print(f"--resume: no checkpoint in {self.folder}; starting from scratch")
+                return None
+            path = found[-1]
+        else:
+            path = Path(spec)
+            if not path.is_dir():
+                raise FileNotFoundError(f"--resume {spec}: no such checkpoint folder")
+        self.accelerator.load_state(str(path))
+        return path
+
+
+def check_fresh_output_dir(args: argparse.Namespace) -> None:
+    """Refuse to mix a new run into a folder holding another run's checkpoints (unless resuming / overwriting)."""
+    checkpoints = Path(args.output_dir) / "checkpoints"
+    if args.resume is None and not args.overwrite_output_dir and checkpoints.is_dir() and any(checkpoints.iterdir()):
+        raise SystemExit(
+            f"{args.output_dir} already holds checkpoints; pass --resume to continue that run or "
+            "--overwrite_output_dir to start a new one there"
+        )
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
+        json.dump(payload, handle, indent=2)
+        handle.write("\n")
+    os.replace(handle.name, path)
+
+
+def write_history(history: Sequence[dict[str, float]], output_dir: str | Path, keys: Sequence[str]) -> None:
+    """``metrics.jsonl`` and ``loss_curves.png`` from the logged history (main process only)."""
+    output_dir = Path(output_dir)
+    lines = "".join(json.dumps(entry) + "\n" for entry in history)
+    with tempfile.NamedTemporaryFile("w", dir=output_dir, delete=False, suffix=".tmp") as handle:
+        handle.write(lines)
+    os.replace(handle.name, output_dir / "metrics.jsonl")
+    if history:
+        plot_history(history, output_dir / "loss_curves.png", keys)
+
+
+def plot_history(history: Sequence[dict[str, float]], path: str | Path, keys: Sequence[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [key for key in keys if any(key in entry for entry in history)]
+    figure, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    for axis, key in zip(axes[0], keys, strict=True):
+        points = [(entry["step"], entry[key]) for entry in history if key in entry and math.isfinite(entry[key])]
+        if points:
+            steps, values = zip(*points, strict=True)
+            axis.plot(steps, values, linewidth=1.2)
+        axis.set_title(key)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def seconds_to_text(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def replicas_in_sync(accelerator: Accelerator, tensors: Sequence[torch.Tensor]) -> bool:
+    """True when every process holds the same values (compared through float64 checksums)."""
+    values = [t.detach().double() for t in tensors]
+    checksum = torch.stack([v.sum() for v in values] + [v.square().sum() for v in values])
+    gathered = accelerator.gather(checksum.to(accelerator.device)[None]).cpu()
+    return bool((gathered == gathered[0]).all())
