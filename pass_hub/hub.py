@@ -15,14 +15,13 @@ Example:
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 from huggingface_hub import ModelCard
 from transformers import PreTrainedModel
 from transformers.image_processing_utils import BaseImageProcessor
 
+from .atomic import atomic_directory
 from .image_processing_pass_vit import image_processor_for
 
 
@@ -43,25 +42,10 @@ def save_hub_folder(
         model_card: ``README.md`` content.
         overwrite: Replace an existing destination (only after the new folder is complete).
     """
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_directory(out_dir, overwrite=overwrite) as staging:
         model.save_pretrained(staging)
         (image_processor or image_processor_for(model.config)).save_pretrained(staging)
         if model_card is not None:
             card = model_card if isinstance(model_card, ModelCard) else ModelCard(model_card)
             card.save(staging / "README.md")
-        if out.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            out.rename(retired / out.name)
-            staging.rename(out)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out
+    return Path(out_dir)

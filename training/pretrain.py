@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's `trainin
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pass_hub
+from pass_hub.atomic import write_json_atomic
 from pass_hub.backbone import PRESETS, PassVisionTransformer
 from training import runtime
 from training.data import SeededTransformDataset
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
         runtime.write_history(state.history, output_dir, LOGGED)
         folder = export_teacher(teacher.backbone, args, results, output_dir / MODEL_FOLDER)
         results["model"] = str(folder)
-        runtime.write_json_atomic(output_dir / "results.json", results)
+        write_json_atomic(output_dir / "results.json", results)
         took = runtime.seconds_to_text(results["wall_time_seconds"])
         accelerator.print(f"done in {took}; teacher backbone in {folder}")
     accelerator.end_training()

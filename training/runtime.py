@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,8 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import ProjectConfiguration, set_seed
+
+from pass_hub.atomic import write_text_atomic
 
 CHECKPOINT_PREFIX = "step_"
 
@@ -148,22 +148,10 @@ def check_fresh_output_dir(args: argparse.Namespace) -> None:
         )
 
 
-def write_json_atomic(path: str | Path, payload: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        json.dump(payload, handle, indent=2)
-        handle.write("\n")
-    os.replace(handle.name, path)
-
-
 def write_history(history: Sequence[dict[str, float]], output_dir: str | Path, keys: Sequence[str]) -> None:
     """``metrics.jsonl`` and ``loss_curves.png`` from the logged history (main process only)."""
     output_dir = Path(output_dir)
-    lines = "".join(json.dumps(entry) + "\n" for entry in history)
-    with tempfile.NamedTemporaryFile("w", dir=output_dir, delete=False, suffix=".tmp") as handle:
-        handle.write(lines)
-    os.replace(handle.name, output_dir / "metrics.jsonl")
+    write_text_atomic(output_dir / "metrics.jsonl", "".join(json.dumps(entry) + "\n" for entry in history))
     if history:
         plot_history(history, output_dir / "loss_curves.png", keys)
 
