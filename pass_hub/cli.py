@@ -10,6 +10,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .data.cli import add_synth_command
+
 
 def _convert(args: argparse.Namespace) -> int:
     from .convert import convert_checkpoint
@@ -35,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--num-heads", type=int, help="attention heads when neither --arch nor D/64 is right")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     convert.set_defaults(func=_convert)
+    add_synth_command(commands)
     return parser
 
 
