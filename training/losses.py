@@ -1,5 +1,8 @@
 """Losses of the training scripts, as pure functions on tensors.
 
+Batch-hard triplet (spec §4): for every anchor, its farthest positive and closest negative in the batch by
+Euclidean distance; soft margin ``log(1 + exp(d_ap - d_an))`` unless a hard margin is given.
+
 Part-aware DINO (spec §3): cross-entropy between the centred, sharpened teacher softmax and the student
 log-softmax. The CLS output of each teacher global view is matched with the CLS of every other student view
 (2 x 11 - 2 = 20 terms); the PART_k output of each teacher global view with PART_k of the other global view and
@@ -85,3 +88,33 @@ def updated_centers(
     if all_reduce_mean is not None:
         batch_center = all_reduce_mean(batch_center)
     return centers * momentum + batch_center * (1 - momentum)
+
+
+def euclidean_distances(features: torch.Tensor) -> torch.Tensor:
+    """(N, N) Euclidean distances, with a floor that keeps the square root differentiable at 0."""
+    squared = features.square().sum(dim=1)
+    distances = squared[:, None] + squared[None, :] - 2 * features @ features.T
+    return distances.clamp(min=1e-12).sqrt()
+
+
+def batch_hard_triplet_loss(features: torch.Tensor, labels: torch.Tensor, margin: float | None = None) -> torch.Tensor:
+    """Batch-hard triplet loss on un-normalised features (the PASS pre-neck feature).
+
+    Args:
+        features: (N, D) embeddings.
+        labels: (N,) identity labels; every anchor needs a positive and a negative in the batch.
+        margin: ``None`` for the soft margin ``softplus(d_ap - d_an)``, else ``relu(d_ap - d_an + margin)``.
+
+    Example:
+        >>> feats = torch.tensor([[0.0, 0.0], [0.0, 1.0], [5.0, 0.0], [5.0, 1.0]])
+        >>> round(batch_hard_triplet_loss(feats, torch.tensor([0, 0, 1, 1]), margin=0.3).item(), 4)
+        0.0
+    """
+    same = labels[:, None] == labels[None, :]
+    if not (same.sum(dim=1) > 1).all() or same.all(dim=1).any():
+        raise ValueError("batch-hard triplet needs a positive and a negative for every anchor (use P x K batches)")
+    distances = euclidean_distances(features)
+    hardest_positive = distances.masked_fill(~same, float("-inf")).amax(dim=1)
+    hardest_negative = distances.masked_fill(same, float("inf")).amin(dim=1)
+    gap = hardest_positive - hardest_negative
+    return (F.softplus(gap) if margin is None else F.relu(gap + margin)).mean()

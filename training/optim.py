@@ -21,6 +21,15 @@ def weight_decay_groups(model: nn.Module) -> list[dict]:
     return [{"params": decay, "weight_decay_scale": 1.0}, {"params": no_decay, "weight_decay_scale": 0.0}]
 
 
+def bias_lr_groups(model: nn.Module, bias_lr_factor: float = 2.0) -> list[dict]:
+    """SGD groups of the ReID recipe: biases with ``bias_lr_factor`` x the learning rate (``"lr_scale"``)."""
+    weights, biases = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (biases if name.endswith(".bias") else weights).append(param)
+    return [{"params": weights, "lr_scale": 1.0}, {"params": biases, "lr_scale": bias_lr_factor}]
+
+
 def set_hyperparameters(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float | None = None) -> None:
     """Write this step's learning rate (times a group's ``lr_scale``) and weight decay into every group."""
     for group in optimizer.param_groups:
