@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 if __package__ in (None, ""):  # run as a script: make the repository's `training` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -179,16 +178,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     unwrapped = accelerator.unwrap_model(student)
-    progress = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_local_main_process,
-                    desc="pre-training", dynamic_ncols=True)
-    while state.step < total_steps:
+    monitor = runtime.RunMonitor(accelerator, args, state, checkpointer, total_steps, LOGGED, "pre-training")
+    while not monitor.finished:
         epoch, done_in_epoch = divmod(state.step, steps_per_epoch)
         dataset.set_epoch(epoch)
         loader.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(loader, done_in_epoch * args.gradient_accumulation_steps)
         student.train()
-        tick = time.perf_counter()
-        for batch in batches:
+        for batch in accelerator.skip_first_batches(loader, done_in_epoch * args.gradient_accumulation_steps):
             step = state.step
             with accelerator.accumulate(student):
                 global_views, local_views = batch["global_views"], batch["local_views"]
@@ -219,32 +215,20 @@ def main(argv: list[str] | None = None) -> dict:
             if not accelerator.sync_gradients:
                 continue
             ema_update(teacher, unwrapped, float(momentum_schedule[step]))
-            state.step += 1
-            elapsed = time.perf_counter() - tick
-            tick = time.perf_counter()
-            if state.step % args.log_every_steps == 0 or state.step == total_steps:
-                record = {
-                    "step": state.step,
+            monitor.step_done(
+                {
                     "epoch": epoch,
                     "loss": accelerator.reduce(loss.detach(), "mean").item(),
                     "lr": float(lr_schedule[step]),
                     "weight_decay": float(wd_schedule[step]),
                     "momentum": float(momentum_schedule[step]),
                     "teacher_temp": float(temp_schedule[step]),
-                    "images_per_second": global_batch / max(elapsed, 1e-9),
-                }
-                state.history.append(record)
-                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.step)
-                progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                                     img_s=f"{record['images_per_second']:.1f}")
-            progress.update(1)
-            if state.step % args.save_every_steps == 0 or state.step == total_steps:
-                checkpointer.save(state.step)
-                if accelerator.is_main_process:
-                    runtime.write_history(state.history, output_dir, LOGGED)
-            if state.step >= total_steps:
+                },
+                images=global_batch,
+            )
+            if monitor.finished:
                 break
-    progress.close()
+    monitor.close()
 
     in_sync = runtime.replicas_in_sync(accelerator, [*teacher.parameters(), *unwrapped.parameters(), centers.centers])
     results = {
@@ -260,7 +244,6 @@ def main(argv: list[str] | None = None) -> dict:
         "num_processes": accelerator.num_processes,
     }
     if accelerator.is_main_process:
-        runtime.write_history(state.history, output_dir, LOGGED)
         folder = export_teacher(teacher.backbone, args, results, output_dir / MODEL_FOLDER)
         results["model"] = str(folder)
         write_json_atomic(output_dir / "results.json", results)

@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
 
 from pass_hub.atomic import write_text_atomic
 
@@ -136,6 +138,69 @@ class Checkpointer:
                 raise FileNotFoundError(f"--resume {spec}: no such checkpoint folder")
         self.accelerator.load_state(str(path))
         return path
+
+
+class RunMonitor:
+    """Per-step bookkeeping of a training loop: progress bar, logged history and trackers, periodic checkpoints.
+
+    Example (inside a loop, after an optimizer step)::
+
+        monitor.step_done({"loss": loss.item(), "lr": lr}, images=global_batch)
+    """
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        args: argparse.Namespace,
+        state: TrainingState,
+        checkpointer: Checkpointer,
+        total_steps: int,
+        logged_keys: Sequence[str],
+        description: str,
+    ) -> None:
+        self.accelerator, self.args, self.state, self.checkpointer = accelerator, args, state, checkpointer
+        self.total_steps = total_steps
+        self.logged_keys = tuple(logged_keys)
+        self.output_dir = Path(args.output_dir)
+        self.progress = tqdm(
+            total=total_steps,
+            initial=state.step,
+            desc=description,
+            disable=not accelerator.is_local_main_process,
+            dynamic_ncols=True,
+        )
+        self._tick = time.perf_counter()
+
+    def step_done(self, values: dict[str, float], images: int) -> None:
+        """Count one optimizer step; log ``values`` (+ throughput) and checkpoint when due. Call on every process."""
+        self.state.step += 1
+        now = time.perf_counter()
+        throughput = images / max(now - self._tick, 1e-9)
+        self._tick = now
+        step = self.state.step
+        if step % self.args.log_every_steps == 0 or step == self.total_steps:
+            record = {"step": step, **values, "images_per_second": throughput}
+            self.state.history.append(record)
+            self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+            shown = {k: f"{v:.4g}" for k, v in values.items() if k in ("loss", "lr")}
+            self.progress.set_postfix(**shown, img_s=f"{throughput:.1f}")
+        self.progress.update(1)
+        if step % self.args.save_every_steps == 0 or step == self.total_steps:
+            self.save()
+
+    def save(self) -> None:
+        self.checkpointer.save(self.state.step)
+        if self.accelerator.is_main_process:
+            write_history(self.state.history, self.output_dir, self.logged_keys)
+
+    @property
+    def finished(self) -> bool:
+        return self.state.step >= self.total_steps
+
+    def close(self) -> None:
+        self.progress.close()
+        if self.accelerator.is_main_process:
+            write_history(self.state.history, self.output_dir, self.logged_keys)
 
 
 def check_fresh_output_dir(args: argparse.Namespace) -> None:
