@@ -15,8 +15,11 @@ from . import timm_models
 from .backbone import PassVisionTransformer, pool_parts
 from .configuration_pass_vit import PassViTConfig
 from .convert import convert_checkpoint, extract_weights, load_checkpoint_file
+from .export import OnnxReIDModel, export_onnx
+from .gallery import GalleryIndex
 from .hub import save_hub_folder
 from .image_processing_pass_vit import PassViTImageProcessor, PassViTImageProcessorPil, image_processor_for
+from .inference import ImageEmbeddings, ReIDEmbedder, embed, embed_files, load_reid_model
 from .modeling_pass_vit import (
     PassViTBackbone,
     PassViTForReID,
@@ -37,6 +40,9 @@ AutoImageProcessor.register(
 
 __version__ = "0.1.0"
 __all__ = [
+    "GalleryIndex",
+    "ImageEmbeddings",
+    "OnnxReIDModel",
     "PassViTBackbone",
     "PassViTConfig",
     "PassViTForReID",
@@ -47,10 +53,15 @@ __all__ = [
     "PassViTPreTrainedModel",
     "PassViTReIDOutput",
     "PassVisionTransformer",
+    "ReIDEmbedder",
     "convert_checkpoint",
+    "embed",
+    "embed_files",
+    "export_onnx",
     "extract_weights",
     "image_processor_for",
     "load_checkpoint_file",
+    "load_reid_model",
     "pool_parts",
     "save_hub_folder",
     "timm_models",

@@ -49,14 +49,33 @@ def atomic_directory(out: str | Path, *, overwrite: bool = False) -> Iterator[Pa
         raise
 
 
+@contextlib.contextmanager
+def atomic_file(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` (same suffix); it replaces ``path`` only when the block succeeds.
+
+    Readers therefore see the old file or the complete new one, never a half-written one.
+    Raises ``FileExistsError`` when ``path`` exists and ``overwrite`` is false.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.partial-", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.chmod(temporary, 0o644)  # mkstemp makes the file private; outputs are meant to be shared
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to a temporary sibling of ``path`` and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
-    return path
+    with atomic_file(path) as temporary:
+        temporary.write_text(text)
+    return Path(path)
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> Path:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from .data.cli import add_synth_command
+from .deployment_cli import add_deployment_commands
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     convert.set_defaults(func=_convert)
     add_synth_command(commands)
+    add_deployment_commands(commands)
     return parser
 
 

@@ -1,0 +1,214 @@
+"""Gallery search: cosine similarity of L2-normalised embeddings, with an on-disk index so a gallery is embedded once.
+
+The index file is an embedding file (:class:`pass_hub.ImageEmbeddings`, ``.safetensors``) whose metadata holds
+the model's fingerprint (weights + preprocessing) and the gallery's (file names, sizes, modification times);
+:meth:`GalleryIndex.build` reuses it when both match and rebuilds it otherwise. Search uses faiss
+(``IndexFlatIP``, exact) when ``faiss`` is installed, a matrix product in torch otherwise; the results agree.
+
+Example:
+    >>> index = GalleryIndex.build("gallery/", model="out/pass-vit-s16", index_path="cache/")  # doctest: +SKIP
+    >>> queries = pass_hub.embed(["query.jpg"], model="out/pass-vit-s16")  # doctest: +SKIP
+    >>> result = index.search(queries, top_k=5)  # doctest: +SKIP
+    >>> [index.names[i] for i in result.indices[0]]  # doctest: +SKIP
+
+A tracker keeps an in-memory index of its identities:
+
+    >>> index = GalleryIndex(pass_hub.ImageEmbeddings(pass_hub.embed(crops, model=m), track_ids))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from .atomic import atomic_file
+from .backbone import l2_normalize
+from .inference import (
+    ImageEmbeddings,
+    ImageInput,
+    ImageList,
+    ModelSpec,
+    embed_files,
+    list_image_paths,
+    read_image,
+    resolve_embedder,
+)
+
+INDEX_SUFFIX = ".safetensors"
+
+
+class TopK(NamedTuple):
+    """Best gallery matches of each query, most similar first: (Q, k) cosine similarities and gallery rows."""
+
+    similarities: torch.Tensor
+    indices: torch.Tensor
+
+
+def gallery_fingerprint(paths: Sequence[Path]) -> str:
+    """SHA-256 of the gallery's file names, sizes and modification times (any change gives a new value)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def index_file(index_path: str | Path, model_fingerprint: str) -> Path:
+    """``index_path`` itself when it names a ``.safetensors`` file, else a per-model file inside that folder."""
+    path = Path(index_path)
+    if path.suffix == INDEX_SUFFIX:
+        return path
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"index path {path} must be a folder or a {INDEX_SUFFIX} file")
+    return path / f"gallery-{model_fingerprint[:16]}{INDEX_SUFFIX}"
+
+
+class GalleryIndex:
+    """Embedded gallery images searched by cosine similarity.
+
+    Args:
+        gallery: The gallery's embeddings and names (normalised here, whatever the model's choice).
+
+    Attributes:
+        status: How the index came about: ``"in memory"``, ``"built"``, ``"rebuilt"`` (a stale index file was
+            replaced) or ``"reused"`` (read from the index file).
+        path: The index file, when there is one.
+    """
+
+    def __init__(self, gallery: ImageEmbeddings) -> None:
+        if gallery.embeddings.ndim != 2 or len(gallery.names) != gallery.embeddings.shape[0]:
+            raise ValueError(
+                f"gallery embeddings {tuple(gallery.embeddings.shape)} do not match {len(gallery.names)} names"
+            )
+        self.gallery = gallery
+        self.vectors = l2_normalize(gallery.embeddings.float())
+        self.status = "in memory"
+        self.path: Path | None = None
+        self._faiss_index = None
+
+    @property
+    def names(self) -> list[str]:
+        return self.gallery.names
+
+    def __len__(self) -> int:
+        return len(self.gallery.names)
+
+    @classmethod
+    def build(
+        cls,
+        gallery: str | Path | Sequence[str | Path],
+        model: ModelSpec,
+        *,
+        index_path: str | Path | None = None,
+        batch_size: int = 32,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+    ) -> GalleryIndex:
+        """Embed gallery files (paths, folders, globs), or reuse ``index_path`` when it is still valid.
+
+        Args:
+            gallery: The gallery images.
+            model: A MODEL, ``.onnx`` file or loaded model (see :mod:`pass_hub.inference`).
+            index_path: A ``.safetensors`` file or a folder (one file per model inside); written atomically.
+            batch_size / device / progress: As in :func:`pass_hub.embed_files`.
+        """
+        embedder = resolve_embedder(model, device=device)
+        paths = list_image_paths(gallery)
+        names = [str(path) for path in paths]
+        gallery_key = gallery_fingerprint(paths)
+        model_key = embedder.fingerprint()
+        cache = index_file(index_path, model_key) if index_path is not None else None
+        status = "built"
+        if cache is not None and cache.is_file():
+            stored = ImageEmbeddings.load(cache)
+            if (stored.metadata.get("model_fingerprint"), stored.metadata.get("gallery_fingerprint")) == (
+                model_key,
+                gallery_key,
+            ):
+                return cls._with_status(stored, "reused", cache)
+            status = "rebuilt"
+        embeddings = embed_files(
+            ImageList(names, paths), embedder, batch_size=batch_size, device=device, progress=progress
+        )
+        embeddings.metadata["gallery_fingerprint"] = gallery_key
+        if cache is not None:
+            embeddings.save(cache, overwrite=True)
+        return cls._with_status(embeddings, status, cache)
+
+    @classmethod
+    def _with_status(cls, embeddings: ImageEmbeddings, status: str, path: Path | None) -> GalleryIndex:
+        index = cls(embeddings)
+        index.status, index.path = status, path
+        return index
+
+    @classmethod
+    def load(cls, path: str | Path) -> GalleryIndex:
+        """An index (or any embedding file) written before, without checking it against the gallery."""
+        return cls._with_status(ImageEmbeddings.load(path), "reused", Path(path))
+
+    def search(self, queries: torch.Tensor, top_k: int = 10) -> TopK:
+        """The ``top_k`` most similar gallery rows of each query embedding (Q, E) (normalised here)."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        queries = torch.as_tensor(queries).float().reshape(-1, queries.shape[-1])
+        if queries.shape[1] != self.vectors.shape[1]:
+            raise ValueError(
+                f"query embeddings have {queries.shape[1]} values, the gallery's {self.vectors.shape[1]}: "
+                "embed both with the same model"
+            )
+        queries = l2_normalize(queries)
+        k = min(top_k, len(self))
+        if importlib.util.find_spec("faiss") is not None:
+            return self._search_faiss(queries, k)
+        similarities, indices = (queries @ self.vectors.T).topk(k, dim=1)
+        return TopK(similarities, indices)
+
+    def _search_faiss(self, queries: torch.Tensor, k: int) -> TopK:
+        import faiss
+
+        if self._faiss_index is None:
+            self._faiss_index = faiss.IndexFlatIP(self.vectors.shape[1])
+            self._faiss_index.add(self.vectors.numpy())
+        similarities, indices = self._faiss_index.search(queries.numpy(), k)
+        return TopK(torch.from_numpy(similarities), torch.from_numpy(indices).long())
+
+
+def draw_matches(
+    out: str | Path,
+    queries: Sequence[tuple[str, ImageInput]],
+    index: GalleryIndex,
+    result: TopK,
+) -> Path:
+    """Draw one strip per query (the query, then its matches with rank and similarity) to an image file.
+
+    Args:
+        out: Image file (``.png``, ``.jpg``, ``.pdf`` ...), written atomically; replaced when present.
+        queries: ``(name, image)`` of each query, in the order of ``result``'s rows.
+        index: The searched index; its names must be readable image files.
+        result: What :meth:`GalleryIndex.search` returned for ``queries``.
+    """
+    from matplotlib.figure import Figure
+
+    rows, k = result.indices.shape
+    if rows != len(queries):
+        raise ValueError(f"{len(queries)} queries but {rows} result rows")
+    figure = Figure(figsize=(1.4 * (k + 1), 3.0 * rows), layout="constrained")
+    axes = figure.subplots(rows, k + 1, squeeze=False)
+    for row, (name, image) in enumerate(queries):
+        panels = [(read_image(image), f"query\n{Path(name).name}", "tab:blue")]
+        matches = zip(result.similarities[row].tolist(), result.indices[row].tolist(), strict=True)
+        for rank, (similarity, gallery_row) in enumerate(matches, 1):
+            match = index.names[gallery_row]
+            panels.append((read_image(match), f"#{rank}  {similarity:.3f}\n{Path(match).name}", "black"))
+        for axis, (picture, title, colour) in zip(axes[row], panels, strict=True):
+            axis.imshow(picture.resize((64, 128)))
+            axis.set_title(title, fontsize=7, color=colour)
+            axis.set_axis_off()
+    with atomic_file(out) as temporary:
+        figure.savefig(temporary, dpi=100)
+    return Path(out)
