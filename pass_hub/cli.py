@@ -22,6 +22,37 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from .atomic import write_json_atomic
+    from .data import load_dataset_spec
+    from .evaluation import evaluate_model, save_rank_lists
+    from .inference import load_reid_model
+
+    data = load_dataset_spec(args.data)
+    missing = [split for split in (args.query_split, args.gallery_split) if split not in data]
+    if missing:
+        raise ValueError(f"--data {args.data} has no split(s) {missing} (it has {sorted(data)})")
+    query, gallery = data[args.query_split], data[args.gallery_split]
+    model = load_reid_model(args.model, device=args.device)
+    results = evaluate_model(
+        model, query, gallery, batch_size=args.batch_size, num_workers=args.num_workers, flip=args.flip,
+        rerank=args.rerank, return_per_query=args.rank_lists is not None,
+    )
+    print(f"model {args.model} on {args.data}: {results['num_query']} queries "
+          f"({results['num_valid_queries']} with a true match), {results['num_gallery']} gallery images"
+          + (", k-reciprocal re-ranking" if args.rerank else "") + (", flip averaging" if args.flip else ""))
+    print("| mAP | mINP | Rank-1 | Rank-5 | Rank-10 |\n|---|---|---|---|---|")
+    print("| " + " | ".join(f"{100 * results[k]:.2f}" for k in ("mAP", "mINP", "rank1", "rank5", "rank10")) + " |")
+    if args.rank_lists:
+        print(f"wrote {save_rank_lists(results, query, gallery, args.rank_lists)}")
+    if args.output:
+        keys = ("mAP", "mINP", "rank1", "rank5", "rank10", "num_valid_queries", "num_query", "num_gallery")
+        summary = {k: results[k] for k in keys} | {"cmc": results["cmc"].tolist(), "model": str(args.model),
+                                                   "data": args.data, "rerank": args.rerank, "flip": args.flip}
+        print(f"wrote {write_json_atomic(args.output, summary)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pass-hub", description="PASS part-aware ViT for person ReID")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +69,23 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--num-heads", type=int, help="attention heads when neither --arch nor D/64 is right")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     convert.set_defaults(func=_convert)
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate a ReID model on a query / gallery dataset (CMC, mAP, mINP)",
+        description="Market-1501 protocol: same-identity same-camera gallery images are ignored per query.",
+    )
+    evaluate.add_argument("--model", required=True, help="pass-hub folder, hub id, timm name or original checkpoint")
+    evaluate.add_argument("--data", default="synthetic", help="dataset spec, e.g. market1501:/data/Market-1501")
+    evaluate.add_argument("--query-split", default="query")
+    evaluate.add_argument("--gallery-split", default="gallery")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--num-workers", type=int, default=2)
+    evaluate.add_argument("--device", default=None, help="e.g. cuda:0 (default: cpu)")
+    evaluate.add_argument("--flip", action="store_true", help="average embeddings of each image and its mirror")
+    evaluate.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3)")
+    evaluate.add_argument("--output", metavar="JSON", help="write the results here")
+    evaluate.add_argument("--rank-lists", metavar="PNG", help="draw rank lists of the best, worst and random queries")
+    evaluate.set_defaults(func=_eval)
     add_synth_command(commands)
     add_deployment_commands(commands)
     return parser

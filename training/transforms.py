@@ -17,12 +17,10 @@ from collections.abc import Sequence
 import torch
 from torchvision.transforms import v2
 
+from pass_hub.evaluation import pixel_transform
+
 REID_MEAN = (0.5, 0.5, 0.5)
 REID_STD = (0.5, 0.5, 0.5)
-
-
-def _to_normalised_tensor(mean: Sequence[float], std: Sequence[float]) -> list:
-    return [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
 
 
 def reid_train_transform(
@@ -41,7 +39,9 @@ def reid_train_transform(
             v2.RandomHorizontalFlip(0.5),
             v2.Pad(padding),
             v2.RandomCrop(image_size),
-            *_to_normalised_tensor(mean, std),
+            v2.PILToTensor(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(mean), list(std)),
             v2.RandomErasing(p=erasing_p, scale=(0.02, 0.33), ratio=(0.3, 3.3), value="random"),
         ]
     )
@@ -51,5 +51,4 @@ def reid_test_transform(
     image_size: tuple[int, int], *, mean: Sequence[float] = REID_MEAN, std: Sequence[float] = REID_STD
 ) -> v2.Compose:
     """The evaluation transform: bilinear resize and normalisation, nothing random."""
-    resize = v2.Resize(image_size, interpolation=v2.InterpolationMode.BILINEAR)
-    return v2.Compose([v2.RGB(), resize, *_to_normalised_tensor(mean, std)])
+    return pixel_transform(image_size, mean, std, "bilinear")
