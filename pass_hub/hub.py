@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from huggingface_hub import ModelCard
@@ -31,6 +33,7 @@ def save_hub_folder(
     *,
     image_processor: BaseImageProcessor | None = None,
     model_card: ModelCard | str | None = None,
+    extra_files: Sequence[str | Path] = (),
     overwrite: bool = False,
 ) -> Path:
     """Write ``model`` (a ``PassViTModel`` or ``PassViTForReID``) as a hub folder, atomically.
@@ -40,6 +43,7 @@ def save_hub_folder(
         out_dir: Destination folder.
         image_processor: Processor to ship; ``image_processor_for(model.config)`` when None.
         model_card: ``README.md`` content.
+        extra_files: Files copied into the folder (pictures the card shows).
         overwrite: Replace an existing destination (only after the new folder is complete).
     """
     with atomic_directory(out_dir, overwrite=overwrite) as staging:
@@ -48,4 +52,6 @@ def save_hub_folder(
         if model_card is not None:
             card = model_card if isinstance(model_card, ModelCard) else ModelCard(model_card)
             card.save(staging / "README.md")
+        for file in extra_files:
+            shutil.copy2(file, staging / Path(file).name)
     return Path(out_dir)

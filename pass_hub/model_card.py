@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .configuration_pass_vit import PassViTConfig
 
@@ -20,6 +20,9 @@ KIND_DESCRIPTIONS = {
     "backbone": "pre-trained backbone (PassViTModel); fine-tune it for ReID",
     "reid": "ReID model (PassViTForReID): backbone, BatchNorm necks and identity classifier",
 }
+CARD_TAGS = ["pass-hub", "timm", "person-reid", "re-identification", "vision-transformer", "pass"]
+# evaluate_reid key -> name in the card (values are fractions there, percentages here).
+REID_METRICS = {"mAP": "mAP", "rank1": "Rank-1", "rank5": "Rank-5", "mINP": "mINP"}
 
 
 def template_path(name: str = "pass_vit.md") -> Path:
@@ -65,10 +68,7 @@ def render_model_card(
     if kind not in KIND_DESCRIPTIONS:
         raise ValueError(f"kind={kind!r}; expected one of {sorted(KIND_DESCRIPTIONS)}")
     card_data = card_data or ModelCardData(
-        library_name="transformers",
-        license="apache-2.0",
-        pipeline_tag="image-feature-extraction",
-        tags=["pass-hub", "timm", "person-reid", "re-identification", "vision-transformer", "pass"],
+        library_name="transformers", license="apache-2.0", pipeline_tag="image-feature-extraction", tags=CARD_TAGS
     )
     height, width = config.image_size
     return ModelCard.from_template(
@@ -92,3 +92,68 @@ def render_model_card(
         num_params=count_parameters(config),
         **sections,
     )
+
+
+def reid_card_data(
+    *,
+    model_name: str,
+    dataset_name: str,
+    dataset_id: str,
+    results: dict[str, float],
+    base_model: str | None = None,
+    dataset_config: str | None = None,
+    extra_tags: tuple[str, ...] = (),
+) -> ModelCardData:
+    """Front matter of a ReID model card: library, license, tags, datasets, base model and a ``model-index``
+    whose results are the ``evaluate_reid`` numbers (``mAP``, ``rank1``, ``rank5``, ``mINP``) in percent.
+
+    Args:
+        model_name: Name in the ``model-index``.
+        dataset_name: Human name of the evaluation data (``Market-1501``).
+        dataset_id: Hub dataset id or short type (``market1501``, ``synthperson``).
+        results: ``evaluate_reid`` output (fractions).
+        base_model: The checkpoint fine-tuning started from, if it has a hub id.
+        dataset_config: The dataset variant, e.g. ``V1`` / ``V2`` for MSMT17.
+        extra_tags: More tags (``unsupervised``, ``domain-adaptation`` ...).
+    """
+    eval_results = [
+        EvalResult(
+            task_type="image-feature-extraction",
+            task_name="Person re-identification",
+            dataset_type=dataset_id,
+            dataset_name=dataset_name,
+            dataset_config=dataset_config,
+            dataset_split="query/gallery",
+            metric_type=key,
+            metric_name=label,
+            metric_value=round(100 * float(results[key]), 2),
+        )
+        for key, label in REID_METRICS.items()
+        if key in results
+    ]
+    return ModelCardData(
+        library_name="transformers",
+        license="apache-2.0",
+        pipeline_tag="image-feature-extraction",
+        tags=[*CARD_TAGS, *extra_tags],
+        datasets=[dataset_id],
+        base_model=base_model,
+        model_name=model_name,
+        eval_results=eval_results,
+    )
+
+
+def results_table(rows: dict[str, dict[str, float]]) -> str:
+    """A markdown table (percent) of ``{setting: evaluate_reid results}``.
+
+    Example:
+        >>> print(results_table({"PASS": {"mAP": 0.5, "rank1": 0.75, "rank5": 0.9, "mINP": 0.2}}))
+        | model | mAP | Rank-1 | Rank-5 | mINP |
+        |---|---|---|---|---|
+        | PASS | 50.0 | 75.0 | 90.0 | 20.0 |
+    """
+    lines = ["| model | " + " | ".join(REID_METRICS.values()) + " |", "|---" * (1 + len(REID_METRICS)) + "|"]
+    for name, results in rows.items():
+        cells = [f"{100 * results[key]:.1f}" if key in results else "" for key in REID_METRICS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

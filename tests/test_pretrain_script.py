@@ -50,6 +50,7 @@ def test_outputs_of_a_run(tmp_path):
     _run(["--output_dir", str(out), "--batch_size", "8", "--max_steps", "4", "--save_every_steps", "2"])
     results = json.loads((out / "results.json").read_text())
     assert results["steps"] == 4 and results["replicas_in_sync"] and results["images"] == 48
+    assert set(results["frozen_eval"]) == {"PASS pre-trained (frozen)", "random init (frozen)"}
     history = _history(out)
     assert [entry["step"] for entry in history] == [1, 2, 3, 4]
     assert history[0]["lr"] == 0.0 and history[1]["lr"] > 0  # linear warm-up from zero
@@ -59,7 +60,7 @@ def test_outputs_of_a_run(tmp_path):
     model = AutoModel.from_pretrained(folder)
     assert model.config.image_size == (64, 32) and model.config.image_mean == (0.485, 0.456, 0.406)
     card = (folder / "README.md").read_text()
-    assert "4 steps" in card and "synthetic" in card
+    assert "4 steps" in card and "synthetic" in card and "Frozen-feature ReID" in card
     with pytest.raises(AssertionError, match="already holds checkpoints"):
         _run(["--output_dir", str(out), "--batch_size", "8", "--max_steps", "4"])
 

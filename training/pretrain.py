@@ -26,6 +26,8 @@ if __package__ in (None, ""):  # run as a script: make the repository's `trainin
 import pass_hub
 from pass_hub.atomic import write_json_atomic
 from pass_hub.backbone import PRESETS, PassVisionTransformer
+from pass_hub.evaluation import evaluate_model
+from pass_hub.model_card import render_model_card, results_table
 from training import runtime
 from training.data import SeededTransformDataset
 from training.heads import PartAwareHeads
@@ -69,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--warmup_teacher_temp", type=float, default=0.04)
     optim.add_argument("--warmup_teacher_temp_epochs", type=float, default=0.0)
     optim.add_argument("--center_momentum", type=float, default=0.9)
+    parser.add_argument("--skip_frozen_eval", action="store_true",
+                        help="skip the frozen-feature ReID evaluation (run when the data has query/gallery splits)")
     args = parser.parse_args(argv)
     args.epochs = 10 if args.epochs is None else args.epochs
     args.batch_size = 32 if args.batch_size is None else args.batch_size
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
 
     with accelerator.main_process_first():
-        _, images = load_images(args.data, args.split)
+        dataset_dict, images = load_images(args.data, args.split)
     view_config = ViewConfig(image_size=tuple(args.image_size), local_crops_per_stripe=args.local_crops_per_stripe)
     dataset = SeededTransformDataset(images, PassViews(view_config), seed=args.seed)
     loader = DataLoader(
@@ -231,6 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     monitor.close()
 
     in_sync = runtime.replicas_in_sync(accelerator, [*teacher.parameters(), *unwrapped.parameters(), centers.centers])
+    backbone = teacher_as_model(teacher.backbone, args)
     results = {
         "preset": args.preset,
         "data": args.data,
@@ -240,15 +245,19 @@ def main(argv: list[str] | None = None) -> dict:
         "global_batch": global_batch,
         "final_loss": state.history[-1]["loss"] if state.history else None,
         "replicas_in_sync": in_sync,
-        "wall_time_seconds": time.perf_counter() - started,
         "num_processes": accelerator.num_processes,
     }
+    if not args.skip_frozen_eval and {"query", "gallery"} <= set(dataset_dict):
+        results["frozen_eval"] = frozen_feature_eval(backbone, dataset_dict, args, accelerator)
+    results["wall_time_seconds"] = time.perf_counter() - started
     if accelerator.is_main_process:
-        folder = export_teacher(teacher.backbone, args, results, output_dir / MODEL_FOLDER)
+        folder = export_teacher(backbone, args, results, output_dir / MODEL_FOLDER)
         results["model"] = str(folder)
         write_json_atomic(output_dir / "results.json", results)
         took = runtime.seconds_to_text(results["wall_time_seconds"])
         accelerator.print(f"done in {took}; teacher backbone in {folder}")
+        if "frozen_eval" in results:
+            accelerator.print(results_table(results["frozen_eval"]))
     accelerator.end_training()
     return results
 
@@ -268,13 +277,28 @@ class CentersState(torch.nn.Module):
         self.centers.copy_(updated_centers(self.centers, teacher_out, momentum, all_reduce_mean))
 
 
-def export_teacher(backbone: PassVisionTransformer, args: argparse.Namespace, results: dict, folder: Path) -> Path:
-    """The teacher backbone as a hub folder (ImageNet mean/std processor) with a model card."""
-    from pass_hub.model_card import render_model_card
-
-    config = backbone_config(args)
-    model = pass_hub.PassViTModel(config)
+def teacher_as_model(backbone: PassVisionTransformer, args: argparse.Namespace) -> pass_hub.PassViTModel:
+    """The teacher backbone inside a ``PassViTModel`` (ImageNet mean/std, the training input size)."""
+    model = pass_hub.PassViTModel(backbone_config(args))
     model.vit.load_state_dict(backbone.state_dict())
+    return model.eval()
+
+
+def frozen_feature_eval(model, data, args, accelerator) -> dict[str, dict[str, float]]:
+    """mAP / Rank-k / mINP of the raw embedding (no fine-tuning) against a randomly initialised backbone."""
+    torch.manual_seed(args.seed)
+    random_init = pass_hub.PassViTModel(backbone_config(args)).eval()
+    keys = ("mAP", "mINP", "rank1", "rank5", "rank10")
+    scores = {}
+    for name, candidate in (("PASS pre-trained (frozen)", model), ("random init (frozen)", random_init)):
+        results = evaluate_model(candidate, data["query"], data["gallery"], accelerator=accelerator,
+                                 num_workers=args.num_workers, progress=False)
+        scores[name] = {key: float(results[key]) for key in keys}
+    return scores
+
+
+def export_teacher(model: pass_hub.PassViTModel, args: argparse.Namespace, results: dict, folder: Path) -> Path:
+    """The teacher backbone as a hub folder (ImageNet mean/std processor) with a model card."""
     training = (
         f"PASS pre-training (part-aware DINO) on `{args.data}` ({results['images']} images), "
         f"{results['steps']} steps with a global batch of {results['global_batch']} over {args.epochs} epochs; "
@@ -283,11 +307,16 @@ def export_teacher(backbone: PassVisionTransformer, args: argparse.Namespace, re
         f"{args.out_dim} prototypes per head; {args.local_crops_per_stripe} local crops per stripe; "
         f"input {args.image_size[0]}x{args.image_size[1]}; seed {args.seed}. The published weights are the teacher's."
     )
+    frozen = results.get("frozen_eval")
     card = render_model_card(
-        config,
+        model.config,
         kind="backbone",
         summary="A PASS part-aware ViT backbone pre-trained with pass-hub's `training/pretrain.py`.",
         training=training,
+        results_table=(
+            "Frozen-feature ReID on the evaluation split of the pre-training data (raw embedding, no fine-tuning):"
+            f"\n\n{results_table(frozen)}" if frozen else None
+        ),
     )
     return pass_hub.save_hub_folder(model, folder, model_card=card, overwrite=True)
 

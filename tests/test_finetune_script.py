@@ -1,0 +1,133 @@
+"""training/finetune.py end to end at toy size: outputs and card, init and resampling, errors, 2 processes, push."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import timm
+import torch
+from huggingface_hub import ModelCard
+from transformers import AutoImageProcessor, AutoModel
+
+import pass_hub
+from training import finetune, push
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "training" / "finetune.py"
+TOY_DATA = "synthetic:train_ids=6,test_ids=4,distractors=3,unlabelled=0,image_size=64x32"
+TOY = ["--dataset", TOY_DATA, "--image_size", "64", "32", "--batch_size", "8", "--num_instances", "2",
+       "--num_workers", "0", "--report_to", "none", "--eval_batch_size", "16"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(ROOT)}
+
+
+def _run(args: list[str], launcher: list[str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    command = (launcher or [sys.executable]) + [str(SCRIPT), *TOY, *args]
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("finetune") / "run"
+    _run(["--output_dir", str(out), "--epochs", "2", "--eval_every", "1", "--save_every_steps", "2"])
+    return out
+
+
+def test_run_outputs_results_and_a_loadable_folder(toy_run):
+    results = json.loads((toy_run / "results.json").read_text())
+    assert results["train_identities"] == 6 and results["steps"] > 0
+    assert 0 <= results["best"]["mAP"] <= 1 and results["best"]["mAP"] >= results["final"]["mAP"]
+    history = [json.loads(line) for line in (toy_run / "metrics.jsonl").read_text().splitlines()]
+    assert any("mAP" in entry for entry in history)  # the mid-run evaluation is logged
+    assert history[0]["lr"] == pytest.approx(4e-6)  # warm-up starts at 1% of the learning rate
+    folder = toy_run / "pass-vit-reid"
+    reid = pass_hub.PassViTForReID.from_pretrained(folder).eval()
+    assert reid.config.num_labels == 6 and reid.config.image_size == (64, 32)
+    assert list(AutoImageProcessor.from_pretrained(folder).image_mean) == [0.5, 0.5, 0.5]
+    pixels = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        before = reid(pixels).features_before_neck
+        assert torch.allclose(AutoModel.from_pretrained(folder).eval()(pixels).pooler_output, before, atol=1e-5)
+        timm_model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+        assert torch.allclose(timm_model(pixels), before, atol=1e-5)
+    assert (folder / "rank_list.png").stat().st_size > 1000
+
+
+def test_model_card_is_valid_and_reports_the_results(toy_run):
+    folder = toy_run / "pass-vit-reid"
+    card = push.check_hub_folder(folder)
+    assert card.data.pipeline_tag == "image-feature-extraction" and card.data.library_name == "transformers"
+    metrics = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    best = json.loads((toy_run / "results.json").read_text())["best"]
+    assert set(metrics) == {"mAP", "rank1", "rank5", "mINP"}
+    assert metrics["mAP"] == pytest.approx(round(100 * best["mAP"], 2))
+    text = ModelCard.load(folder / "README.md").text
+    assert "import pass_hub" in text and "timm.create_model" in text and "AutoModel" in text
+    assert "![rank lists](rank_list.png)" in text and "| model | mAP |" in text and "Limitations" in text
+
+
+def test_init_from_a_pretrained_folder_resamples_positions(tmp_path):
+    config = pass_hub.PassViTConfig.from_preset("tiny", image_size=(64, 32))
+    backbone = pass_hub.PassViTModel(config)
+    pass_hub.save_hub_folder(backbone, tmp_path / "pre")
+    args = finetune.parse_args([*TOY, "--init", str(tmp_path / "pre"), "--image_size", "96", "32"])
+    model, base_model = finetune.build_model(args, num_labels=3)
+    assert base_model is None and model.config.image_size == (96, 32)
+    assert torch.equal(model.pass_vit.vit.blocks[3].mlp.fc1.weight, backbone.vit.blocks[3].mlp.fc1.weight)
+    assert model.pass_vit.vit.pos_embed.shape[1] == 4 + 6 * 2
+    assert torch.equal(model.pass_vit.vit.pos_embed[:, :4], backbone.vit.pos_embed[:, :4])  # CLS + PARTs kept
+
+
+def test_bad_inputs_give_clear_messages(tmp_path):
+    one_identity = "synthetic:train_ids=1,test_ids=2,distractors=0,unlabelled=0,image_size=64x32"
+    result = _run(["--output_dir", str(tmp_path / "a"), "--dataset", one_identity], check=False)
+    assert result.returncode != 0 and "has 1 identity; need >= 2" in result.stderr
+    result = _run(["--output_dir", str(tmp_path / "b"), "--batch_size", "64", "--num_instances", "4"], check=False)
+    assert result.returncode != 0 and "a P x K batch needs 16 identities; the data has 6" in result.stderr
+    result = _run(["--output_dir", str(tmp_path / "c"), "--image_size", "100", "32"], check=False)
+    assert result.returncode != 0 and "multiples of 16" in result.stderr
+    result = _run(["--output_dir", str(tmp_path / "d"), "--init", str(tmp_path / "missing")], check=False)
+    assert result.returncode != 0 and "--init" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_k_larger_than_any_identity_is_resampled(tmp_path):
+    result = _run(["--output_dir", str(tmp_path / "k"), "--num_instances", "8", "--batch_size", "16",
+                   "--max_steps", "1"])
+    assert json.loads((tmp_path / "k" / "results.json").read_text())["steps"] == 1, result.stdout
+
+
+def test_two_processes(tmp_path):
+    launcher = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29518",
+    ]
+    with mock.patch.dict(os.environ, {"ACCELERATE_USE_CPU": "1"}):
+        _run(["--output_dir", str(tmp_path / "two"), "--max_steps", "2"], launcher=launcher)
+    results = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert results["num_processes"] == 2 and results["global_batch"] == 16 and results["replicas_in_sync"]
+    assert results["final"]["num_valid_queries"] == 4 * 2  # every query counted once despite the sharding
+
+
+def test_push_uploads_a_checked_folder(toy_run, tmp_path):
+    folder = toy_run / "pass-vit-reid"
+    with mock.patch.object(push, "HfApi") as api:
+        api.return_value.upload_folder.return_value = mock.Mock(commit_url="https://hub/commit/1")
+        assert push.main([str(folder), "someone/pass-vit-test", "--private"]) == 0
+    api.return_value.create_repo.assert_called_once_with(
+        "someone/pass-vit-test", repo_type="model", private=True, exist_ok=True
+    )
+    assert api.return_value.upload_folder.call_args.kwargs["folder_path"] == str(folder)
+    (tmp_path / "empty").mkdir()
+    assert push.main([str(tmp_path / "empty"), "someone/x"]) == 2

@@ -1,0 +1,348 @@
+"""Supervised ReID fine-tuning of a PASS backbone with accelerate (spec §4), evaluation and publishing.
+
+    accelerate launch training/finetune.py                                   # SynthPerson, ViT-tiny, minutes on a CPU
+    accelerate launch training/finetune.py --init outputs/pretrain/pass-vit-pretrained
+    accelerate launch --multi_gpu --num_processes 4 training/finetune.py \\
+        --init pass_vit_small_full.pth --dataset market1501 --data_dir /data/Market-1501-v15.09.15 \\
+        --epochs 120 --warmup_epochs 20 --batch_size 64 --eval_every 10 --image_size 256 128   # the paper's recipe
+
+Model: ``PassViTForReID`` (four BatchNorm necks, bias-free identity classifier). Loss: cross-entropy on the
+after-neck feature + batch-hard soft-margin triplet on ``cat(CLS, mean(PARTs))``. P x K batches, SGD with
+biases at 2x the learning rate, linear warm-up from 1% then cosine to 0.2%. The published folder holds the
+best evaluated weights with a model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+if __package__ in (None, ""):  # run as a script: make the repository's `training` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pass_hub
+from pass_hub.atomic import write_json_atomic
+from pass_hub.backbone import PRESETS
+from pass_hub.evaluation import evaluate_model
+from pass_hub.model_card import reid_card_data, render_model_card, results_table
+from pass_hub.timm_models import checkpoint_filter_fn
+from training import runtime
+from training.data import SeededTransformDataset
+from training.losses import batch_hard_triplet_loss
+from training.optim import bias_lr_groups, set_hyperparameters
+from training.samplers import PKBatchSampler
+from training.schedules import cosine_schedule
+from training.transforms import REID_MEAN, REID_STD, reid_train_transform
+
+MODEL_FOLDER = "pass-vit-reid"
+LOGGED = ("loss", "cross_entropy", "triplet", "lr", "mAP", "rank1", "images_per_second")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    runtime.add_run_arguments(parser, default_output_dir="outputs/finetune")
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default="synthetic",
+                      help="dataset spec or loader name (synthetic, market1501, msmt17, dukemtmc, cuhk03np ...)")
+    data.add_argument("--data_dir", default=None, help="dataset root for a loader name (same as --dataset NAME:DIR)")
+    data.add_argument("--image_size", nargs=2, type=int, default=[256, 128], metavar=("H", "W"))
+    data.add_argument("--num_instances", type=int, default=4, help="K images per identity in a batch")
+    model = parser.add_argument_group("model")
+    model.add_argument("--init", default="pass_vit_tiny",
+                       help="pass-hub folder / hub id, original PASS checkpoint, or a preset name (random init)")
+    model.add_argument("--drop_path_rate", type=float, default=0.1)
+    model.add_argument("--reid_feature", choices=("before_neck", "after_neck"), default="before_neck")
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--lr", type=float, default=4e-4, help="SGD learning rate for a batch of 64 (not rescaled)")
+    optim.add_argument("--weight_decay", type=float, default=1e-4)
+    optim.add_argument("--momentum", type=float, default=0.9)
+    optim.add_argument("--bias_lr_factor", type=float, default=2.0)
+    optim.add_argument("--warmup_epochs", type=float, default=1.0, help="20 in the paper's 120-epoch schedule")
+    optim.add_argument("--warmup_start_factor", type=float, default=0.01)
+    optim.add_argument("--final_lr_factor", type=float, default=0.002)
+    optim.add_argument("--label_smoothing", type=float, default=0.0)
+    optim.add_argument("--triplet_margin", type=float, default=None, help="hard margin; soft margin when omitted")
+    optim.add_argument("--triplet_weight", type=float, default=1.0)
+    optim.add_argument("--ce_weight", type=float, default=1.0)
+    evaluation = parser.add_argument_group("evaluation and publishing")
+    evaluation.add_argument("--eval_every", type=int, default=0, help="evaluate every N epochs (0: at the end only)")
+    evaluation.add_argument("--eval_batch_size", type=int, default=64)
+    evaluation.add_argument("--flip_test", action="store_true", help="average embeddings with mirrored images")
+    evaluation.add_argument("--model_name", default=None, help="name in the model card (default: derived)")
+    evaluation.add_argument("--push_to_hub", metavar="REPO", default=None, help="upload the published folder")
+    evaluation.add_argument("--hub_private", action="store_true")
+    args = parser.parse_args(argv)
+    args.epochs = 8 if args.epochs is None else args.epochs
+    args.batch_size = 64 if args.batch_size is None else args.batch_size
+    if args.batch_size % args.num_instances:
+        parser.error(f"--batch_size {args.batch_size} is not a multiple of --num_instances {args.num_instances}")
+    if args.data_dir:
+        args.dataset = f"{args.dataset}:{args.data_dir}"
+    return args
+
+
+def load_initial_backbone(init: str) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any], str | None]:
+    """(backbone weights or None, architecture arguments, hub id of the base model) for ``--init``."""
+    if init in PRESETS or f"pass_vit_{init}" in PRESETS:
+        preset = init if init in PRESETS else f"pass_vit_{init}"
+        return None, dict(PRESETS[preset]), None
+    path = Path(init)
+    if path.is_file() or (path.is_dir() and not (path / "config.json").is_file()):
+        weights = pass_hub.extract_weights(pass_hub.load_checkpoint_file(path), source=str(path)).backbone
+        args = pass_hub.convert.infer_backbone_args(weights)
+        return weights, {k: args[k] for k in ("embed_dim", "depth", "num_heads")}, None
+    try:
+        backbone = pass_hub.PassViTModel.from_pretrained(init)
+    except (OSError, ValueError) as err:
+        raise SystemExit(
+            f"--init {init}: not a preset, checkpoint file, pass-hub folder or cached hub id ({err})"
+        ) from None
+    config = backbone.config
+    arch = dict(embed_dim=config.hidden_size, depth=config.num_hidden_layers, num_heads=config.num_attention_heads)
+    return backbone.vit.state_dict(), arch, None if path.exists() else init
+
+
+def build_model(args: argparse.Namespace, num_labels: int) -> tuple[pass_hub.PassViTForReID, str | None]:
+    weights, arch, base_model = load_initial_backbone(args.init)
+    config = pass_hub.PassViTConfig(
+        hidden_size=arch["embed_dim"],
+        num_hidden_layers=arch["depth"],
+        num_attention_heads=arch["num_heads"],
+        image_size=tuple(args.image_size),
+        image_mean=REID_MEAN,
+        image_std=REID_STD,
+        drop_path_rate=args.drop_path_rate,
+        reid_feature=args.reid_feature,
+        label_smoothing=args.label_smoothing,
+        num_labels=num_labels,
+    )
+    model = pass_hub.PassViTForReID(config)
+    if weights is not None:
+        backbone = model.pass_vit.vit
+        # Resamples the position table when the init was trained at another size (e.g. 256x128 -> 384x128).
+        backbone.load_state_dict(checkpoint_filter_fn(weights, backbone))
+    return model, base_model
+
+
+def load_data(args: argparse.Namespace):
+    from pass_hub.data import load_dataset_spec, relabel_pids
+
+    data = load_dataset_spec(args.dataset)
+    missing = [split for split in ("train", "query", "gallery") if split not in data]
+    if missing:
+        raise SystemExit(f"--dataset {args.dataset}: no {', '.join(missing)} split(s); fine-tuning needs labelled data")
+    train, label_of_pid = relabel_pids(data["train"])
+    if len(label_of_pid) < 2:
+        raise SystemExit(f"--dataset {args.dataset}: the train split has {len(label_of_pid)} identity; need >= 2")
+    return data, train, len(label_of_pid)
+
+
+def evaluate(model, data, args, accelerator, **options) -> dict[str, Any]:
+    return evaluate_model(
+        accelerator.unwrap_model(model), data["query"], data["gallery"], batch_size=args.eval_batch_size,
+        flip=args.flip_test, accelerator=accelerator, num_workers=args.num_workers, **options,
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    runtime.check_fresh_output_dir(args)
+    accelerator = runtime.make_accelerator(args)
+    output_dir = Path(args.output_dir)
+    started = time.perf_counter()
+
+    with accelerator.main_process_first():
+        data, train, num_labels = load_data(args)
+    identities_per_batch = args.batch_size // args.num_instances
+    try:
+        sampler = PKBatchSampler(train["label"], identities_per_batch, args.num_instances, seed=args.seed)
+    except ValueError as err:
+        raise SystemExit(f"--dataset {args.dataset}: {err}") from None
+    dataset = SeededTransformDataset(train, reid_train_transform(tuple(args.image_size)), seed=args.seed,
+                                     keep_columns=("label",))
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=args.num_workers)
+    try:
+        model, base_model = build_model(args, num_labels)
+    except ValueError as err:
+        raise SystemExit(f"cannot build the model: {err}") from None
+    optimizer = torch.optim.SGD(bias_lr_groups(model, args.bias_lr_factor), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    state = runtime.TrainingState()
+    best = BestModel(output_dir / "best")
+    accelerator.register_for_checkpointing(state, best)
+
+    steps_per_epoch = len(loader) // args.gradient_accumulation_steps
+    if steps_per_epoch == 0:
+        raise SystemExit(f"{len(sampler)} P x K batches are fewer than --gradient_accumulation_steps per process")
+    schedule_length = args.epochs * steps_per_epoch
+    total_steps = schedule_length if args.max_steps is None else min(schedule_length, args.max_steps)
+    warmup = min(round(args.warmup_epochs * steps_per_epoch), schedule_length)
+    lr_schedule = cosine_schedule(args.lr, args.lr * args.final_lr_factor, schedule_length, warmup,
+                                  warmup_start=args.lr * args.warmup_start_factor)
+    global_batch = args.batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+
+    checkpointer = runtime.Checkpointer(accelerator, output_dir, keep=args.keep_checkpoints)
+    resumed = checkpointer.resume(args.resume)
+    if accelerator.is_main_process and args.report_to != "none":
+        accelerator.init_trackers("pass_finetune", config={k: str(v) for k, v in vars(args).items()})
+    accelerator.print(
+        f"fine-tuning {args.init} on {args.dataset}: {len(train)} images of {num_labels} identities, "
+        f"{accelerator.num_processes} process(es), global batch {global_batch}, {total_steps} steps"
+        + (f", resumed from {resumed}" if resumed else "")
+    )
+
+    monitor = runtime.RunMonitor(accelerator, args, state, checkpointer, total_steps, LOGGED, "fine-tuning")
+    while not monitor.finished:
+        epoch, done_in_epoch = divmod(state.step, steps_per_epoch)
+        dataset.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        model.train()
+        for batch in accelerator.skip_first_batches(loader, done_in_epoch * args.gradient_accumulation_steps):
+            step = state.step
+            with accelerator.accumulate(model):
+                out = model(batch["pixel_values"], labels=batch["label"])
+                triplet = batch_hard_triplet_loss(out.features_before_neck, batch["label"], args.triplet_margin)
+                loss = args.ce_weight * out.loss + args.triplet_weight * triplet
+                if not math.isfinite(loss.item()):
+                    raise SystemExit(f"loss is {loss.item()} at step {step}; stopping (lower --lr?)")
+                set_hyperparameters(optimizer, float(lr_schedule[step]))
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            values = {
+                "epoch": epoch,
+                "loss": accelerator.reduce(loss.detach(), "mean").item(),
+                "cross_entropy": accelerator.reduce(out.loss.detach(), "mean").item(),
+                "triplet": accelerator.reduce(triplet.detach(), "mean").item(),
+                "lr": float(lr_schedule[step]),
+            }
+            end_of_epoch = (step + 1) % steps_per_epoch == 0
+            if args.eval_every and end_of_epoch and (epoch + 1) % args.eval_every == 0 and step + 1 < total_steps:
+                evaluation = evaluate(model, data, args, accelerator, progress=False, return_per_query=True)
+                values.update(best.consider(evaluation, step + 1, accelerator.unwrap_model(model), accelerator))
+            monitor.step_done(values, images=global_batch)
+            if monitor.finished:
+                break
+    monitor.close()
+
+    final = evaluate(model, data, args, accelerator, return_per_query=True)
+    best.consider(final, state.step, accelerator.unwrap_model(model), accelerator)
+    results = {
+        "init": args.init,
+        "dataset": args.dataset,
+        "train_images": len(train),
+        "train_identities": num_labels,
+        "steps": state.step,
+        "global_batch": global_batch,
+        "final": scalar_metrics(final),
+        "best": best.metrics,
+        "best_step": best.step,
+        "num_processes": accelerator.num_processes,
+        "replicas_in_sync": runtime.replicas_in_sync(accelerator, list(model.parameters())),
+        "wall_time_seconds": time.perf_counter() - started,
+    }
+    if accelerator.is_main_process:
+        folder = publish(args, results, data, best.details or final, base_model, best.folder, output_dir)
+        results["model"] = str(folder)
+        write_json_atomic(output_dir / "results.json", results)
+        accelerator.print(
+            f"mAP {100 * best.metrics['mAP']:.1f}, Rank-1 {100 * best.metrics['rank1']:.1f}, "
+            f"mINP {100 * best.metrics['mINP']:.1f} (step {best.step}); "
+            f"{runtime.seconds_to_text(results['wall_time_seconds'])}; model in {folder}"
+        )
+        if args.push_to_hub:
+            from training.push import push_folder
+
+            accelerator.print(f"uploaded: {push_folder(folder, args.push_to_hub, private=args.hub_private)}")
+    accelerator.end_training()
+    return results
+
+
+def scalar_metrics(results: dict[str, Any]) -> dict[str, float]:
+    keys = ("mAP", "mINP", "rank1", "rank5", "rank10", "num_valid_queries")
+    return {key: float(results[key]) for key in keys}
+
+
+class BestModel:
+    """The best evaluation so far (by mAP); the main process keeps its weights as a hub folder ``folder``.
+
+    ``details`` (per-query results for rank-list pictures) lives in memory only: after a resume it is filled by
+    the next evaluation that wins.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.metrics: dict[str, float] = {}
+        self.step = 0
+        self.details: dict[str, Any] | None = None
+
+    def consider(self, results: dict[str, Any], step: int, model, accelerator) -> dict[str, float]:
+        metrics = scalar_metrics(results)
+        if not self.metrics or metrics["mAP"] > self.metrics["mAP"]:
+            self.metrics, self.step, self.details = metrics, step, results
+            if accelerator.is_main_process:
+                pass_hub.save_hub_folder(model, self.folder, overwrite=True)
+        accelerator.wait_for_everyone()
+        return {"mAP": metrics["mAP"], "rank1": metrics["rank1"]}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"metrics": self.metrics, "step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.metrics, self.step = dict(state["metrics"]), int(state["step"])
+
+
+def publish(args, results, data, ranked: dict[str, Any], base_model, best_folder: Path, output_dir: Path) -> Path:
+    """The best weights as the published hub folder, with a model card and a rank-list picture of ``ranked``."""
+    from pass_hub.evaluation import save_rank_lists
+
+    model = pass_hub.PassViTForReID.from_pretrained(best_folder)
+    dataset_name = args.dataset.split(":")[0]
+    version = data["query"].info.config_name if dataset_name.startswith("msmt17") else None
+    name = args.model_name or f"pass-vit-{dataset_name}-reid"
+    picture = "rank_list.png"
+    best = results["best"]
+    card = render_model_card(
+        model.config,
+        kind="reid",
+        title=name,
+        summary=f"A PASS part-aware ViT fine-tuned for person ReID on `{args.dataset}` with pass-hub's "
+        f"`training/finetune.py`, starting from `{args.init}`.",
+        card_data=reid_card_data(
+            model_name=name, dataset_name=dataset_name, dataset_id=dataset_name, results=best,
+            base_model=base_model, dataset_config=version,
+        ),
+        training=(
+            f"{results['steps']} steps (best evaluation at step {results['best_step']}) of P x K batches "
+            f"({args.batch_size // args.num_instances} x {args.num_instances}, global {results['global_batch']}) over "
+            f"{results['train_identities']} identities / {results['train_images']} images; cross-entropy "
+            f"(label smoothing {args.label_smoothing}) + batch-hard triplet "
+            f"({'soft margin' if args.triplet_margin is None else f'margin {args.triplet_margin}'}); SGD momentum "
+            f"{args.momentum}, lr {args.lr} (biases x{args.bias_lr_factor}), weight decay {args.weight_decay}, "
+            f"{args.warmup_epochs} warm-up epochs from {args.warmup_start_factor} x lr then cosine to "
+            f"{args.final_lr_factor} x lr; input {args.image_size[0]}x{args.image_size[1]}, flip / pad-crop / random "
+            f"erasing, mean = std = 0.5; drop path {args.drop_path_rate}; seed {args.seed}."
+        ),
+        results_table=results_table({f"{name} ({dataset_name}, no re-ranking)": best}),
+        pictures=f"Ranked gallery lists of a few queries (green: same identity):\n\n![rank lists]({picture})",
+    )
+    save_rank_lists(ranked, data["query"], data["gallery"], output_dir / picture)
+    return pass_hub.save_hub_folder(
+        model, output_dir / MODEL_FOLDER, model_card=card, extra_files=[output_dir / picture], overwrite=True
+    )
+
+
+if __name__ == "__main__":
+    main()
