@@ -54,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--dataset", default="synthetic",
                       help="dataset spec or loader name (synthetic, market1501, msmt17, dukemtmc, cuhk03np ...)")
     data.add_argument("--data_dir", default=None, help="dataset root for a loader name (same as --dataset NAME:DIR)")
-    data.add_argument("--image_size", nargs=2, type=int, default=[256, 128], metavar=("H", "W"))
+    data.add_argument("--image_size", nargs=2, type=int, default=[128, 64], metavar=("H", "W"),
+                      help="training input; 128x64 keeps CPU runs short, the paper uses 256 128")
     data.add_argument("--num_instances", type=int, default=4, help="K images per identity in a batch")
     model = parser.add_argument_group("model")
     model.add_argument("--init", default="pass_vit_tiny",

@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data = parser.add_argument_group("data")
     data.add_argument("--data", default="synthetic", help="dataset spec (see pass_hub.data.load_dataset_spec)")
     data.add_argument("--split", default=None, help="split to pre-train on (default: 'unlabelled', else 'train')")
-    data.add_argument("--image_size", nargs=2, type=int, default=[256, 128], metavar=("H", "W"))
+    data.add_argument("--image_size", nargs=2, type=int, default=[128, 64], metavar=("H", "W"),
+                      help="training input; 128x64 keeps CPU runs short, the paper uses 256 128")
     data.add_argument("--local_crops_per_stripe", type=int, default=3)
     model = parser.add_argument_group("model")
     model.add_argument("--preset", choices=sorted(PRESETS), default="pass_vit_tiny")
