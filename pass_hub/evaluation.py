@@ -182,10 +182,8 @@ def save_rank_lists(
     best, worst and some random queries by AP. ``results`` comes from :func:`evaluate_model` with
     ``return_per_query=True``; ``query`` / ``gallery`` are the splits it was computed on.
     """
-    from PIL import Image
-
     from .atomic import atomic_file
-    from .visualize import draw_rank_list, select_queries
+    from .visualize import draw_rank_list, select_queries, stack_pictures
 
     if "per_query_ap" not in results:
         raise ValueError("rank lists need per-query results: evaluate with return_per_query=True")
@@ -206,11 +204,6 @@ def save_rank_lists(
             )
     if not strips:
         raise ValueError("no query with a true match to draw")
-    canvas = Image.new("RGB", (max(s.width for s in strips), sum(s.height for s in strips)), "white")
-    top = 0
-    for strip in strips:
-        canvas.paste(strip, (0, top))
-        top += strip.height
     with atomic_file(path) as temporary:
-        canvas.save(temporary, format="PNG")
+        stack_pictures(strips).save(temporary, format="PNG")
     return Path(path)

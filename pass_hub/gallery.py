@@ -184,31 +184,31 @@ def draw_matches(
     index: GalleryIndex,
     result: TopK,
 ) -> Path:
-    """Draw one strip per query (the query, then its matches with rank and similarity) to an image file.
+    """Draw one strip per query (the query, then its matches with rank and similarity) to a PNG file.
 
     Args:
-        out: Image file (``.png``, ``.jpg``, ``.pdf`` ...), written atomically; replaced when present.
+        out: PNG file, written atomically; replaced when present.
         queries: ``(name, image)`` of each query, in the order of ``result``'s rows.
         index: The searched index; its names must be readable image files.
         result: What :meth:`GalleryIndex.search` returned for ``queries``.
     """
-    from matplotlib.figure import Figure
+    from .visualize import draw_rank_list, stack_pictures
 
-    rows, k = result.indices.shape
+    rows, _ = result.indices.shape
     if rows != len(queries):
         raise ValueError(f"{len(queries)} queries but {rows} result rows")
-    figure = Figure(figsize=(1.4 * (k + 1), 3.0 * rows), layout="constrained")
-    axes = figure.subplots(rows, k + 1, squeeze=False)
+    strips = []
     for row, (name, image) in enumerate(queries):
-        panels = [(read_image(image), f"query\n{Path(name).name}", "tab:blue")]
-        matches = zip(result.similarities[row].tolist(), result.indices[row].tolist(), strict=True)
-        for rank, (similarity, gallery_row) in enumerate(matches, 1):
-            match = index.names[gallery_row]
-            panels.append((read_image(match), f"#{rank}  {similarity:.3f}\n{Path(match).name}", "black"))
-        for axis, (picture, title, colour) in zip(axes[row], panels, strict=True):
-            axis.imshow(picture.resize((64, 128)))
-            axis.set_title(title, fontsize=7, color=colour)
-            axis.set_axis_off()
+        gallery_rows = result.indices[row].tolist()
+        strips.append(
+            draw_rank_list(
+                read_image(image),
+                [read_image(index.names[i]) for i in gallery_rows],
+                result.similarities[row].tolist(),
+                None,
+                title=f"query {Path(name).name}: top {len(gallery_rows)} by cosine similarity",
+            )
+        )
     with atomic_file(out) as temporary:
-        figure.savefig(temporary, dpi=100)
+        stack_pictures(strips).save(temporary, format="PNG")
     return Path(out)

@@ -1,4 +1,5 @@
-"""Rank-list pictures: a query and its top-ranked gallery images, true matches framed green, others red.
+"""Rank-list pictures: a query and its top-ranked gallery images, true matches framed green, others red
+(gray when the identities are unknown, as in a gallery search).
 
 Example:
     >>> from PIL import Image
@@ -20,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 MATCH_COLOR = (40, 170, 60)
 NON_MATCH_COLOR = (215, 40, 40)
 QUERY_COLOR = (60, 110, 220)
+UNKNOWN_COLOR = (150, 150, 150)
 BACKGROUND = (255, 255, 255)
 TEXT_COLOR = (0, 0, 0)
 
@@ -28,7 +30,7 @@ def draw_rank_list(
     query_image: Image.Image,
     gallery_images: Sequence[Image.Image],
     distances: Sequence[float],
-    matches: Sequence[bool],
+    matches: Sequence[bool] | None,
     output_path: str | Path | None = None,
     *,
     title: str | None = None,
@@ -43,7 +45,7 @@ def draw_rank_list(
         gallery_images: Gallery images in rank order (e.g. ``topk_indices`` of
             :func:`pass_hub.metrics.evaluate_reid` with ``return_per_query=True``, ``-1`` entries left out).
         distances: Their distances to the query, shown under each image.
-        matches: Whether each is a true match (``topk_matches``).
+        matches: Whether each is a true match (``topk_matches``); None when unknown (gray frames).
         output_path: Where to save the picture as PNG (parent folders are created); not saved if None.
         title: A line above the pictures, e.g. the query index and its AP.
         image_size: (width, height) every image is resized to.
@@ -53,6 +55,8 @@ def draw_rank_list(
     Returns:
         The picture.
     """
+    if matches is None:
+        matches = [None] * len(gallery_images)
     if not len(gallery_images) == len(distances) == len(matches):
         raise ValueError(
             f"got {len(gallery_images)} gallery images, {len(distances)} distances and {len(matches)} match flags"
@@ -76,12 +80,25 @@ def draw_rank_list(
     paste(query_image, gap, QUERY_COLOR, "query")
     left = gap + cell_width + gap * 2
     for rank, (image, distance, is_match) in enumerate(zip(gallery_images, distances, matches, strict=True), 1):
-        paste(image, left, MATCH_COLOR if is_match else NON_MATCH_COLOR, f"{rank}: {distance:.3f}")
+        color = UNKNOWN_COLOR if is_match is None else MATCH_COLOR if is_match else NON_MATCH_COLOR
+        paste(image, left, color, f"{rank}: {distance:.3f}")
         left += cell_width + gap
     if output_path is not None:
         output_path = Path(output_path)
         output_path.parent.mkdir(parents=True, exist_ok=True)
         canvas.save(output_path, format="PNG")
+    return canvas
+
+
+def stack_pictures(pictures: Sequence[Image.Image]) -> Image.Image:
+    """Pictures one under the other, left-aligned, on a white canvas as wide as the widest."""
+    if not pictures:
+        raise ValueError("nothing to stack")
+    canvas = Image.new("RGB", (max(p.width for p in pictures), sum(p.height for p in pictures)), BACKGROUND)
+    top = 0
+    for picture in pictures:
+        canvas.paste(picture, (0, top))
+        top += picture.height
     return canvas
 
 
