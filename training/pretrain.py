@@ -2,8 +2,9 @@
 
     accelerate launch training/pretrain.py                                  # SynthPerson, ViT-tiny, minutes on a CPU
     accelerate launch --multi_gpu --num_processes 8 training/pretrain.py \\
-        --data image_folder:/data/LUPerson --preset pass_vit_small --epochs 100 --batch_size 128 \\
-        --out_dim 65536 --warmup_epochs 10 --mixed_precision fp16       # the paper's ViT-S recipe
+        --data image_folder:/data/LUPerson --preset pass_vit_small --image_size 256 128 --epochs 100 \\
+        --batch_size 128 --out_dim 65536 --warmup_epochs 10 --lr 5e-4 --momentum_teacher 0.996 \\
+        --mixed_precision fp16                                           # the paper's ViT-S recipe
 
 The student sees 2 global and 3 x C local views, the teacher (an EMA of the student) the global views only;
 four heads (CLS, PART1-3) and four centers. At the end the teacher backbone is published as a hub folder.
@@ -59,12 +60,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--head_bottleneck_dim", type=int, default=256)
     model.add_argument("--drop_path_rate", type=float, default=0.1, help="student stochastic depth")
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--lr", type=float, default=5e-4, help="peak lr for a global batch of 256 (scaled linearly)")
+    optim.add_argument("--lr", type=float, default=4e-3,
+                       help="peak lr per 256 images of global batch (scaled linearly); the paper uses 5e-4")
     optim.add_argument("--min_lr", type=float, default=1e-6)
     optim.add_argument("--warmup_epochs", type=float, default=1.0)
     optim.add_argument("--weight_decay", type=float, default=0.04)
     optim.add_argument("--weight_decay_end", type=float, default=0.4)
-    optim.add_argument("--momentum_teacher", type=float, default=0.996)
+    optim.add_argument("--momentum_teacher", type=float, default=0.99,
+                       help="base teacher EMA momentum (cosine to 1); 0.996 in the paper's long runs")
     optim.add_argument("--clip_grad", type=float, default=3.0, help="per-tensor gradient norm limit (0: off)")
     optim.add_argument("--freeze_last_layer", type=int, default=1, help="epochs with the heads' last layers frozen")
     optim.add_argument("--student_temp", type=float, default=0.1)
