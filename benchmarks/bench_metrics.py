@@ -15,7 +15,7 @@ Numbers are wall-clock. On a CPU shared with other busy processes, OpenMP thread
 slow every multi-threaded op down 2-3x; ``OMP_WAIT_POLICY=PASSIVE`` (inherited by the subprocesses, so it
 applies to the reference and to pass-hub alike) avoids that.
 
-    [OMP_WAIT_POLICY=PASSIVE] python benchmarks/bench_metrics.py [--rounds 3] [--rerank-msmt]
+    [OMP_WAIT_POLICY=PASSIVE] python benchmarks/bench_metrics.py [--rounds 3] [--threads N] [--rerank-msmt]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 # (queries, gallery, identities, cameras, gallery distractors with identity 0)
 SCALES = {"market": (3368, 15913, 750, 6, 2798), "msmt": (11659, 82161, 3060, 15, 0)}
@@ -73,10 +74,9 @@ def run_case(case: str) -> dict[str, float]:
     return {"seconds": seconds, "peak_rss_gb": peak_gb, "mAP": result["mAP"]}
 
 
-def in_subprocess(case: str) -> dict[str, float]:
-    output = subprocess.run(
-        [sys.executable, __file__, "--case", case], check=True, capture_output=True, text=True
-    ).stdout
+def in_subprocess(case: str, threads: int) -> dict[str, float]:
+    command = [sys.executable, __file__, "--case", case, "--threads", str(threads)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.splitlines()[-1])
 
 
@@ -92,17 +92,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="alternated runs of each Market-scale case")
     parser.add_argument("--rerank-msmt", action="store_true", help="also re-rank at MSMT17 scale (minutes)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case, print JSON
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     if args.case:
         print(json.dumps(run_case(args.case)))
         return
 
-    import torch
-
     policy = os.environ.get("OMP_WAIT_POLICY", "unset")
-    threads = torch.get_num_threads()
-    print(f"random {DIM}-d features, torch {torch.__version__}, {threads} threads, OMP_WAIT_POLICY {policy}")
+    print(f"random {DIM}-d features, torch {torch.__version__}, {args.threads} threads, OMP_WAIT_POLICY {policy}")
     for scale in SCALES:
         num_query, num_gallery, *_ = SCALES[scale]
         print(f"{scale}: {num_query} queries x {num_gallery} gallery")
@@ -110,14 +109,14 @@ def main() -> None:
             runs: dict[str, list[dict[str, float]]] = {"evaluate-market": [], "classic-market": []}
             for _ in range(args.rounds):
                 for case, results in runs.items():
-                    results.append(in_subprocess(case))
+                    results.append(in_subprocess(case, args.threads))
             fast = report("evaluate_reid", runs["evaluate-market"])
             classic = report("classic reference", runs["classic-market"])
             print(f"  speed-up: {classic / fast:.2f}x (target >= 4x)")
         else:
-            report("evaluate_reid (target < 60 s, < 3 GB)", [in_subprocess(f"evaluate-{scale}")])
+            report("evaluate_reid (target < 60 s, < 3 GB)", [in_subprocess(f"evaluate-{scale}", args.threads)])
         if scale == "market" or args.rerank_msmt:
-            report("evaluate_reid(rerank=True)", [in_subprocess(f"rerank-{scale}")])
+            report("evaluate_reid(rerank=True)", [in_subprocess(f"rerank-{scale}", args.threads)])
 
 
 if __name__ == "__main__":
