@@ -20,30 +20,25 @@ from .backbone import REID_IMAGE_SIZE
 from .configuration_pass_vit import IMAGENET_MEAN, IMAGENET_STD, PassViTConfig
 
 
-class PassViTImageProcessor(TorchvisionBackend):
+class _PassViTDefaults:
+    """Defaults both backends share: bilinear resize to 256x128, rescale to [0, 1], ImageNet normalisation."""
+
+    resample = PILImageResampling.BILINEAR
+    image_mean = list(IMAGENET_MEAN)
+    image_std = list(IMAGENET_STD)
+    size = {"height": REID_IMAGE_SIZE[0], "width": REID_IMAGE_SIZE[1]}
+    do_resize = True
+    do_rescale = True
+    do_normalize = True
+    do_convert_rgb = True
+
+
+class PassViTImageProcessor(_PassViTDefaults, TorchvisionBackend):
     """Torchvision-backend processor: bilinear resize to 256x128, rescale to [0, 1], normalise."""
 
-    resample = PILImageResampling.BILINEAR
-    image_mean = list(IMAGENET_MEAN)
-    image_std = list(IMAGENET_STD)
-    size = {"height": REID_IMAGE_SIZE[0], "width": REID_IMAGE_SIZE[1]}
-    do_resize = True
-    do_rescale = True
-    do_normalize = True
-    do_convert_rgb = True
 
-
-class PassViTImageProcessorPil(PilBackend):
+class PassViTImageProcessorPil(_PassViTDefaults, PilBackend):
     """PIL-backend twin of :class:`PassViTImageProcessor`."""
-
-    resample = PILImageResampling.BILINEAR
-    image_mean = list(IMAGENET_MEAN)
-    image_std = list(IMAGENET_STD)
-    size = {"height": REID_IMAGE_SIZE[0], "width": REID_IMAGE_SIZE[1]}
-    do_resize = True
-    do_rescale = True
-    do_normalize = True
-    do_convert_rgb = True
 
 
 def image_processor_for(config: PassViTConfig) -> PassViTImageProcessor:
