@@ -203,39 +203,33 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     monitor = runtime.RunMonitor(accelerator, args, state, checkpointer, total_steps, LOGGED, "fine-tuning")
-    while not monitor.finished:
-        epoch, done_in_epoch = divmod(state.step, steps_per_epoch)
-        dataset.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        model.train()
-        for batch in accelerator.skip_first_batches(loader, done_in_epoch * args.gradient_accumulation_steps):
-            step = state.step
-            with accelerator.accumulate(model):
-                out = model(batch["pixel_values"], labels=batch["label"])
-                triplet = batch_hard_triplet_loss(out.features_before_neck, batch["label"], args.triplet_margin)
-                loss = args.ce_weight * out.loss + args.triplet_weight * triplet
-                if not math.isfinite(loss.item()):
-                    raise SystemExit(f"loss is {loss.item()} at step {step}; stopping (lower --lr?)")
-                set_hyperparameters(optimizer, float(lr_schedule[step]))
-                accelerator.backward(loss)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
-                continue
-            values = {
-                "epoch": epoch,
-                "loss": accelerator.reduce(loss.detach(), "mean").item(),
-                "cross_entropy": accelerator.reduce(out.loss.detach(), "mean").item(),
-                "triplet": accelerator.reduce(triplet.detach(), "mean").item(),
-                "lr": float(lr_schedule[step]),
-            }
-            end_of_epoch = (step + 1) % steps_per_epoch == 0
-            if args.eval_every and end_of_epoch and (epoch + 1) % args.eval_every == 0 and step + 1 < total_steps:
-                evaluation = evaluate(model, data, args, accelerator, progress=False, return_per_query=True)
-                values.update(best.consider(evaluation, step + 1, accelerator.unwrap_model(model), accelerator))
-            monitor.step_done(values, images=global_batch)
-            if monitor.finished:
-                break
+    model.train()  # evaluate_model gives the model its training mode back
+    for epoch, batch in monitor.batches(loader, steps_per_epoch, dataset, sampler):
+        step = state.step
+        with accelerator.accumulate(model):
+            out = model(batch["pixel_values"], labels=batch["label"])
+            triplet = batch_hard_triplet_loss(out.features_before_neck, batch["label"], args.triplet_margin)
+            loss = args.ce_weight * out.loss + args.triplet_weight * triplet
+            if not math.isfinite(loss.item()):
+                raise SystemExit(f"loss is {loss.item()} at step {step}; stopping (lower --lr?)")
+            set_hyperparameters(optimizer, float(lr_schedule[step]))
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if not accelerator.sync_gradients:
+            continue
+        values = {
+            "epoch": epoch,
+            "loss": accelerator.reduce(loss.detach(), "mean").item(),
+            "cross_entropy": accelerator.reduce(out.loss.detach(), "mean").item(),
+            "triplet": accelerator.reduce(triplet.detach(), "mean").item(),
+            "lr": float(lr_schedule[step]),
+        }
+        end_of_epoch = (step + 1) % steps_per_epoch == 0
+        if args.eval_every and end_of_epoch and (epoch + 1) % args.eval_every == 0 and step + 1 < total_steps:
+            evaluation = evaluate(model, data, args, accelerator, progress=False, return_per_query=True)
+            values.update(best.consider(evaluation, step + 1, accelerator.unwrap_model(model), accelerator))
+        monitor.step_done(values, images=global_batch)
     monitor.close()
 
     final = evaluate(model, data, args, accelerator, return_per_query=True)

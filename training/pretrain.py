@@ -187,55 +187,49 @@ def main(argv: list[str] | None = None) -> dict:
 
     unwrapped = accelerator.unwrap_model(student)
     monitor = runtime.RunMonitor(accelerator, args, state, checkpointer, total_steps, LOGGED, "pre-training")
-    while not monitor.finished:
-        epoch, done_in_epoch = divmod(state.step, steps_per_epoch)
-        dataset.set_epoch(epoch)
-        loader.set_epoch(epoch)
-        student.train()
-        for batch in accelerator.skip_first_batches(loader, done_in_epoch * args.gradient_accumulation_steps):
-            step = state.step
-            with accelerator.accumulate(student):
-                global_views, local_views = batch["global_views"], batch["local_views"]
-                crops_per_stripe = args.local_crops_per_stripe * (global_views.shape[0] // 2)
-                stripes = torch.arange(unwrapped.num_parts, device=local_views.device)
-                stripes = stripes.repeat_interleave(crops_per_stripe)
-                with torch.no_grad():
-                    teacher_out = teacher(global_views)
-                out = student(global_views, local_views, stripes)
-                loss = part_aware_dino_loss(
-                    teacher_out, out.global_out, out.local_cls, out.local_part, centers.centers,
-                    student_temp=args.student_temp, teacher_temp=float(temp_schedule[step]),
-                )
-                if not math.isfinite(loss.item()):
-                    raise SystemExit(f"loss is {loss.item()} at step {step}; stopping (lower --lr?)")
-                set_hyperparameters(optimizer, float(lr_schedule[step]), float(wd_schedule[step]))
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    if args.clip_grad:
-                        accelerator.unscale_gradients(optimizer)
-                        clip_gradients_per_tensor(student.parameters(), args.clip_grad)
-                    if epoch < args.freeze_last_layer:
-                        for param in unwrapped.heads.last_layer_parameters():
-                            param.grad = None
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                centers.update(teacher_out, args.center_momentum, accelerator)
-            if not accelerator.sync_gradients:
-                continue
-            ema_update(teacher, unwrapped, float(momentum_schedule[step]))
-            monitor.step_done(
-                {
-                    "epoch": epoch,
-                    "loss": accelerator.reduce(loss.detach(), "mean").item(),
-                    "lr": float(lr_schedule[step]),
-                    "weight_decay": float(wd_schedule[step]),
-                    "momentum": float(momentum_schedule[step]),
-                    "teacher_temp": float(temp_schedule[step]),
-                },
-                images=global_batch,
+    student.train()
+    for epoch, batch in monitor.batches(loader, steps_per_epoch, dataset, loader):
+        step = state.step
+        with accelerator.accumulate(student):
+            global_views, local_views = batch["global_views"], batch["local_views"]
+            crops_per_stripe = args.local_crops_per_stripe * (global_views.shape[0] // 2)
+            stripes = torch.arange(unwrapped.num_parts, device=local_views.device)
+            stripes = stripes.repeat_interleave(crops_per_stripe)
+            with torch.no_grad():
+                teacher_out = teacher(global_views)
+            out = student(global_views, local_views, stripes)
+            loss = part_aware_dino_loss(
+                teacher_out, out.global_out, out.local_cls, out.local_part, centers.centers,
+                student_temp=args.student_temp, teacher_temp=float(temp_schedule[step]),
             )
-            if monitor.finished:
-                break
+            if not math.isfinite(loss.item()):
+                raise SystemExit(f"loss is {loss.item()} at step {step}; stopping (lower --lr?)")
+            set_hyperparameters(optimizer, float(lr_schedule[step]), float(wd_schedule[step]))
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                if args.clip_grad:
+                    accelerator.unscale_gradients(optimizer)
+                    clip_gradients_per_tensor(student.parameters(), args.clip_grad)
+                if epoch < args.freeze_last_layer:
+                    for param in unwrapped.heads.last_layer_parameters():
+                        param.grad = None
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            centers.update(teacher_out, args.center_momentum, accelerator)
+        if not accelerator.sync_gradients:
+            continue
+        ema_update(teacher, unwrapped, float(momentum_schedule[step]))
+        monitor.step_done(
+            {
+                "epoch": epoch,
+                "loss": accelerator.reduce(loss.detach(), "mean").item(),
+                "lr": float(lr_schedule[step]),
+                "weight_decay": float(wd_schedule[step]),
+                "momentum": float(momentum_schedule[step]),
+                "teacher_temp": float(temp_schedule[step]),
+            },
+            images=global_batch,
+        )
     monitor.close()
 
     in_sync = runtime.replicas_in_sync(accelerator, [*teacher.parameters(), *unwrapped.parameters(), centers.centers])

@@ -18,7 +18,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +170,22 @@ class RunMonitor:
             dynamic_ncols=True,
         )
         self._tick = time.perf_counter()
+
+    def batches(self, loader: Any, steps_per_epoch: int, *epoch_aware: Any) -> Iterator[tuple[int, Any]]:
+        """Yield ``(epoch, batch)`` from where the run stands until it is finished.
+
+        Each epoch starts with ``set_epoch`` on ``epoch_aware`` (datasets, samplers, loaders), and a resumed run
+        skips the batches its epoch already consumed, so the data order is that of an uninterrupted run.
+        """
+        while not self.finished:
+            epoch, done_in_epoch = divmod(self.state.step, steps_per_epoch)
+            for item in epoch_aware:
+                item.set_epoch(epoch)
+            skip = done_in_epoch * self.args.gradient_accumulation_steps
+            for batch in self.accelerator.skip_first_batches(loader, skip):
+                yield epoch, batch
+                if self.finished:
+                    return
 
     def step_done(self, values: dict[str, float], images: int) -> None:
         """Count one optimizer step; log ``values`` (+ throughput) and checkpoint when due. Call on every process."""
