@@ -143,6 +143,17 @@ class PassViTEncoderModel(PassViTPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.vit.patch_embed
 
+    def _output_flags(
+        self, output_hidden_states: bool | None, output_attentions: bool | None, return_dict: bool | None
+    ) -> tuple[bool, bool, bool]:
+        """The call's output options, falling back to the config's."""
+        config = self.config
+        return (
+            config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            config.output_attentions if output_attentions is None else output_attentions,
+            config.return_dict if return_dict is None else return_dict,
+        )
+
     def _check_pixel_values(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool | None = None) -> None:
         channels = self.config.num_channels
         if pixel_values.ndim != 4 or pixel_values.shape[1] != channels:
@@ -194,9 +205,9 @@ class PassViTModel(PassViTEncoderModel):
             return_dict: Return a :class:`PassViTModelOutput` (default) or a plain tuple.
         """
         config = self.config
-        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        output_attentions = config.output_attentions if output_attentions is None else output_attentions
-        return_dict = config.return_dict if return_dict is None else return_dict
+        output_hidden_states, output_attentions, return_dict = self._output_flags(
+            output_hidden_states, output_attentions, return_dict
+        )
         self._check_pixel_values(pixel_values, interpolate_pos_encoding)
 
         tokens = self.vit.forward_tokens(
@@ -320,9 +331,9 @@ class PassViTBackbone(BackboneMixin, PassViTEncoderModel):
         **kwargs,
     ) -> BackboneOutput | tuple:
         config = self.config
-        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        output_attentions = config.output_attentions if output_attentions is None else output_attentions
-        return_dict = config.return_dict if return_dict is None else return_dict
+        output_hidden_states, output_attentions, return_dict = self._output_flags(
+            output_hidden_states, output_attentions, return_dict
+        )
         self._check_pixel_values(pixel_values)
         tokens = self.vit.forward_tokens(pixel_values, output_hidden_states=True, output_attentions=output_attentions)
         batch = pixel_values.shape[0]

@@ -156,10 +156,7 @@ def evaluate(model, data, args, accelerator, **options) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    runtime.check_fresh_output_dir(args)
-    accelerator = runtime.make_accelerator(args)
-    output_dir = Path(args.output_dir)
-    started = time.perf_counter()
+    accelerator, output_dir, started = runtime.start_run(args)
 
     with accelerator.main_process_first():
         data, train, num_labels = load_data(args)

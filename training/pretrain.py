@@ -119,10 +119,7 @@ def backbone_config(args: argparse.Namespace) -> pass_hub.PassViTConfig:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    runtime.check_fresh_output_dir(args)
-    accelerator = runtime.make_accelerator(args)
-    output_dir = Path(args.output_dir)
-    started = time.perf_counter()
+    accelerator, output_dir, started = runtime.start_run(args)
 
     with accelerator.main_process_first():
         dataset_dict, images = load_images(args.data, args.split)

@@ -63,6 +63,12 @@ def _default_tracker() -> str:
     return "tensorboard"
 
 
+def start_run(args: argparse.Namespace) -> tuple[Accelerator, Path, float]:
+    """Check the output folder, build the accelerator; returns it, the output folder and the start time."""
+    check_fresh_output_dir(args)
+    return make_accelerator(args), Path(args.output_dir), time.perf_counter()
+
+
 def make_accelerator(args: argparse.Namespace) -> Accelerator:
     """An Accelerator with seedable sampling (the shuffling order depends only on seed and epoch)."""
     output_dir = Path(args.output_dir)
