@@ -200,7 +200,7 @@ class PassVisionTransformer(VisionTransformer):
             tuple(attentions) if output_attentions else None,
         )
 
-    def forward_local(self, x: torch.Tensor, part_index: int | torch.Tensor) -> torch.Tensor:
+    def forward_local(self, x: torch.Tensor, part_index: int | torch.Tensor | None) -> torch.Tensor:
         """Pre-training forward of local views: tokens ``[CLS, PART_k, patches]`` (spec §3).
 
         Each crop carries only the [PART] token of the stripe it was cut from; CLS and PART_k keep their
@@ -209,23 +209,26 @@ class PassVisionTransformer(VisionTransformer):
 
         Args:
             x: (B, C, h, w) crops, any size divisible by the patch size.
-            part_index: Stripe of each crop, an int or a (B,) integer tensor with values in [0, num_parts).
+            part_index: Stripe of each crop, an int or a (B,) integer tensor with values in [0, num_parts);
+                None for no [PART] token at all, ``[CLS, patches]`` (the DINO ablation, for any view).
 
         Returns:
-            (B, 2 + h*w/p^2, D) tokens after the final norm; ``[:, 0]`` is CLS and ``[:, 1]`` is PART_k.
+            (B, 2 + h*w/p^2, D) tokens after the final norm; ``[:, 0]`` is CLS and ``[:, 1]`` is PART_k
+            (``(B, 1 + h*w/p^2, D)`` when ``part_index`` is None).
         """
         batch = x.shape[0]
-        index = torch.as_tensor(part_index, device=x.device, dtype=torch.long).expand(batch)
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_parts):
-            raise ValueError(f"part_index must lie in [0, {self.num_parts}); got {index.tolist()}")
         patches = self.patch_embed.proj(x)
         grid = tuple(patches.shape[-2:])
         patches = self.patch_embed.norm(patches.flatten(2).transpose(1, 2))
         pos_embed = self.pos_embed_for_grid(grid)
         prefix = self.num_prefix_tokens
-        cls = (self.cls_token + pos_embed[:, :1]).expand(batch, -1, -1)
-        parts = (self.reg_token + pos_embed[:, 1:prefix])[0, index].unsqueeze(1)
-        x = torch.cat([cls, parts, patches + pos_embed[:, prefix:]], dim=1)
+        tokens = [(self.cls_token + pos_embed[:, :1]).expand(batch, -1, -1)]
+        if part_index is not None:
+            index = torch.as_tensor(part_index, device=x.device, dtype=torch.long).expand(batch)
+            if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_parts):
+                raise ValueError(f"part_index must lie in [0, {self.num_parts}); got {index.tolist()}")
+            tokens.append((self.reg_token + pos_embed[:, 1:prefix])[0, index].unsqueeze(1))
+        x = torch.cat([*tokens, patches + pos_embed[:, prefix:]], dim=1)
         x = self.norm_pre(self.pos_drop(x))
         return self.norm(self._run_blocks(x))
 

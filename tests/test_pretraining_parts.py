@@ -14,12 +14,12 @@ from training.heads import DINOHead, PartAwareHeads
 from training.losses import part_aware_dino_loss, updated_centers
 from training.optim import clip_gradients_per_tensor, ema_update, set_hyperparameters, weight_decay_groups
 from training.pass_pretraining import PartAwareDINO
-from training.schedules import cosine_schedule, warmup_then_constant
+from training.schedules import cosine_schedule, step_schedule, warmup_then_constant
 from training.views import PassViews, ViewConfig, stripe_bounds
 
 
 def reference_loss(teacher_global, student_global, local_cls, local_part, centers, stripes, crops, st, tt):
-    """Spec §3 written as an explicit loop over (teacher view, student view) pairs."""
+    """Spec §3 written as an explicit loop over (teacher view, student view) pairs; no part terms without parts."""
     batch = teacher_global.shape[1] // 2
     teacher = F.softmax((teacher_global - centers[:, None]) / tt, dim=-1)
 
@@ -38,7 +38,7 @@ def reference_loss(teacher_global, student_global, local_cls, local_part, center
         t_cls = global_view(teacher, 0, i)
         terms += [term(t_cls, global_view(student_global, 0, j)) for j in range(2) if j != i]
         terms += [term(t_cls, local_view(local_cls, s, c)) for s in range(stripes) for c in range(crops)]
-        for k in range(stripes):
+        for k in range(stripes if local_part is not None else 0):
             t_part = global_view(teacher, 1 + k, i)
             terms += [term(t_part, global_view(student_global, 1 + k, j)) for j in range(2) if j != i]
             terms += [term(t_part, local_view(local_part, k, c)) for c in range(crops)]
@@ -60,6 +60,20 @@ def test_loss_matches_the_double_loop_reference(stripes, crops, batch):
         assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
     if (stripes, crops) == (3, 3):
         assert count == 44  # 20 CLS terms + 24 part terms, as in the paper
+
+
+def test_dino_ablation_loss_keeps_the_20_cls_terms():
+    generator = torch.Generator().manual_seed(7)
+    batch, k = 3, 16
+    teacher, student = (torch.randn(1, 2 * batch, k, generator=generator) * 3 for _ in range(2))
+    local_cls = torch.randn(9 * batch, k, generator=generator) * 3
+    centers = torch.randn(1, k, generator=generator)
+    got = part_aware_dino_loss(teacher, student, local_cls, None, centers)
+    expected, count = reference_loss(teacher, student, local_cls, None, centers, 3, 3, 0.1, 0.04)
+    assert count == 20
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="student_local_part is None"):
+        part_aware_dino_loss(torch.zeros(4, 6, 8), torch.zeros(4, 6, 8), torch.zeros(27, 8), None, torch.zeros(4, 8))
 
 
 def test_loss_rejects_mismatched_locals():
@@ -142,6 +156,20 @@ def test_batched_student_forward_equals_per_stripe_calls():
         assert torch.allclose(model(global_views), out.global_out, atol=1e-6)
 
 
+def test_dino_ablation_never_uses_the_part_tokens():
+    backbone = PassVisionTransformer(img_size=(64, 32), embed_dim=32, depth=2, num_heads=2, dynamic_img_size=True)
+    heads = PartAwareHeads(32, 16, hidden_dim=8, bottleneck_dim=8, num_parts=0)
+    model = PartAwareDINO(backbone, heads, use_parts=False)
+    global_views, local_views = torch.randn(4, 3, 64, 32), torch.randn(12, 3, 32, 16)
+    out = model(global_views, local_views, torch.arange(3).repeat_interleave(4))
+    assert out.global_out.shape == (1, 4, 16) and out.local_cls.shape == (12, 16) and out.local_part is None
+    assert backbone.forward_local(global_views, None).shape == (4, 1 + 8, 32)  # CLS + 4x2 patches, no [PART]
+    (out.global_out.sum() + out.local_cls.sum()).backward()
+    assert backbone.reg_token.grad is None and backbone.cls_token.grad is not None
+    with pytest.raises(ValueError, match="1 \\+ num_parts"):
+        PartAwareDINO(backbone, PartAwareHeads(32, 16, hidden_dim=8, bottleneck_dim=8), use_parts=False)
+
+
 def test_schedules():
     lr = cosine_schedule(2e-3, 1e-6, total_steps=100, warmup_steps=10)
     assert len(lr) == 100 and lr[0] == 0 and lr[10] == pytest.approx(2e-3) and lr[-1] == pytest.approx(1e-6, abs=1e-6)
@@ -151,6 +179,9 @@ def test_schedules():
     assert warmup_then_constant(0.04, 0.02, 5, 3).tolist() == pytest.approx([0.02, 0.03, 0.04, 0.04, 0.04])
     with pytest.raises(ValueError, match="warmup_steps"):
         cosine_schedule(1, 0, total_steps=5, warmup_steps=6)
+    # Cluster-contrast: x0.1 every 20 epochs of 200 steps.
+    lr = step_schedule(3.5e-4, total_steps=50 * 200, steps_per_decay=20 * 200)
+    assert lr[3999] == pytest.approx(3.5e-4) and lr[4000] == pytest.approx(3.5e-5) and lr[-1] == pytest.approx(3.5e-6)
 
 
 def test_optimizer_helpers():

@@ -6,7 +6,8 @@ Euclidean distance; soft margin ``log(1 + exp(d_ap - d_an))`` unless a hard marg
 Part-aware DINO (spec §3): cross-entropy between the centred, sharpened teacher softmax and the student
 log-softmax. The CLS output of each teacher global view is matched with the CLS of every other student view
 (2 x 11 - 2 = 20 terms); the PART_k output of each teacher global view with PART_k of the other global view and
-of the local views of stripe k (8 terms per part). All 44 terms are averaged with equal weight.
+of the local views of stripe k (8 terms per part). All 44 terms are averaged with equal weight. Without part
+outputs (the DINO ablation) only the 20 CLS terms remain.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def part_aware_dino_loss(
     teacher_global: torch.Tensor,
     student_global: torch.Tensor,
     student_local_cls: torch.Tensor,
-    student_local_part: torch.Tensor,
+    student_local_part: torch.Tensor | None,
     centers: torch.Tensor,
     *,
     student_temp: float = 0.1,
@@ -34,7 +35,8 @@ def part_aware_dino_loss(
             (rows [0:B] = global view 1).
         student_global: (1 + S, 2B, K) the same for the student.
         student_local_cls: (S*C*B, K) student CLS outputs of the local views, ordered stripe, crop, sample.
-        student_local_part: (S*C*B, K) student PART_k outputs of the same local views (k = the stripe).
+        student_local_part: (S*C*B, K) student PART_k outputs of the same local views (k = the stripe); None
+            for plain DINO, when ``teacher_global`` holds CLS outputs only (1, 2B, K).
         centers: (1 + S, K) one center per token type.
         student_temp: Student softmax temperature.
         teacher_temp: Teacher softmax temperature.
@@ -49,24 +51,27 @@ def part_aware_dino_loss(
     """
     token_types, two_batch, num_out = teacher_global.shape
     stripes, batch = token_types - 1, two_batch // 2
-    crops = student_local_cls.shape[0] // (stripes * batch)
-    if student_local_cls.shape[0] != stripes * crops * batch or student_local_part.shape != student_local_cls.shape:
-        raise ValueError(
-            f"local outputs {tuple(student_local_cls.shape)} / {tuple(student_local_part.shape)} do not fit "
-            f"{stripes} stripes x B={batch}"
-        )
+    if (student_local_part is None) != (stripes == 0):
+        given = "None" if student_local_part is None else "given"
+        raise ValueError(f"teacher_global has {stripes} part outputs but student_local_part is {given}")
+    local_views = student_local_cls.shape[0] // batch
+    if student_local_cls.shape[0] != local_views * batch or (stripes and local_views % stripes):
+        raise ValueError(f"{student_local_cls.shape[0]} local outputs do not fit {max(stripes, 1)} stripes x B={batch}")
+    if student_local_part is not None and student_local_part.shape != student_local_cls.shape:
+        raise ValueError(f"local outputs {tuple(student_local_cls.shape)} / {tuple(student_local_part.shape)} differ")
     teacher = F.softmax((teacher_global - centers[:, None]) / teacher_temp, dim=-1).reshape(token_types, 2, batch, -1)
     student = F.log_softmax(student_global / student_temp, dim=-1).reshape(token_types, 2, batch, -1)
-    local_cls = F.log_softmax(student_local_cls / student_temp, dim=-1).reshape(stripes * crops, batch, num_out)
-    local_part = F.log_softmax(student_local_part / student_temp, dim=-1).reshape(stripes, crops, batch, num_out)
+    local_cls = F.log_softmax(student_local_cls / student_temp, dim=-1).reshape(local_views, batch, num_out)
 
     # cross[t, i, j]: teacher view i vs student view j for token type t; only i != j counts.
     cross = -torch.einsum("tibk,tjbk->tij", teacher, student) / batch
-    global_terms = cross[:, 0, 1] + cross[:, 1, 0]
-    cls_local = -torch.einsum("ibk,vbk->", teacher[0], local_cls) / batch
-    part_local = -torch.einsum("sibk,scbk->", teacher[1:], local_part) / batch
-    total = global_terms.sum() + cls_local + part_local
-    num_terms = 2 * (1 + stripes * crops) + 2 * stripes * (1 + crops)
+    total = (cross[:, 0, 1] + cross[:, 1, 0]).sum() - torch.einsum("ibk,vbk->", teacher[0], local_cls) / batch
+    num_terms = 2 * (1 + local_views)
+    if stripes:
+        crops = local_views // stripes
+        local_part = F.log_softmax(student_local_part / student_temp, dim=-1).reshape(stripes, crops, batch, num_out)
+        total = total - torch.einsum("sibk,scbk->", teacher[1:], local_part) / batch
+        num_terms += 2 * stripes * (1 + crops)
     return total / num_terms
 
 

@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--head_hidden_dim", type=int, default=2048)
     model.add_argument("--head_bottleneck_dim", type=int, default=256)
     model.add_argument("--drop_path_rate", type=float, default=0.1, help="student stochastic depth")
+    model.add_argument("--no_part_tokens", action="store_true",
+                       help="plain DINO, the ablation: no [PART] token in any view, CLS head and loss terms only")
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--lr", type=float, default=4e-3,
                        help="peak lr per 256 images of global batch (scaled linearly); the paper uses 5e-4")
@@ -140,8 +142,10 @@ def main(argv: list[str] | None = None) -> dict:
     embed_dim = PRESETS[args.preset]["embed_dim"]
 
     def new_network(drop_path_rate: float) -> PartAwareDINO:
-        heads = PartAwareHeads(embed_dim, args.out_dim, args.head_hidden_dim, args.head_bottleneck_dim)
-        return PartAwareDINO(build_backbone(args, drop_path_rate), heads)
+        backbone = build_backbone(args, drop_path_rate)
+        num_parts = 0 if args.no_part_tokens else backbone.num_parts
+        heads = PartAwareHeads(embed_dim, args.out_dim, args.head_hidden_dim, args.head_bottleneck_dim, num_parts)
+        return PartAwareDINO(backbone, heads, use_parts=not args.no_part_tokens)
 
     student = new_network(args.drop_path_rate)
     teacher = new_network(0.0)
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
         with accelerator.accumulate(student):
             global_views, local_views = batch["global_views"], batch["local_views"]
             crops_per_stripe = args.local_crops_per_stripe * (global_views.shape[0] // 2)
-            stripes = torch.arange(unwrapped.num_parts, device=local_views.device)
+            stripes = torch.arange(view_config.num_stripes, device=local_views.device)
             stripes = stripes.repeat_interleave(crops_per_stripe)
             with torch.no_grad():
                 teacher_out = teacher(global_views)
@@ -272,6 +276,10 @@ class CentersState(torch.nn.Module):
         self.centers.copy_(updated_centers(self.centers, teacher_out, momentum, all_reduce_mean))
 
 
+def method_name(args: argparse.Namespace) -> str:
+    return "DINO (no [PART] tokens)" if args.no_part_tokens else "PASS"
+
+
 def teacher_as_model(backbone: PassVisionTransformer, args: argparse.Namespace) -> pass_hub.PassViTModel:
     """The teacher backbone inside a ``PassViTModel`` (ImageNet mean/std, the training input size)."""
     model = pass_hub.PassViTModel(backbone_config(args))
@@ -285,7 +293,8 @@ def frozen_feature_eval(model, data, args, accelerator) -> dict[str, dict[str, f
     random_init = pass_hub.PassViTModel(backbone_config(args)).eval()
     keys = ("mAP", "mINP", "rank1", "rank5", "rank10")
     scores = {}
-    for name, candidate in (("PASS pre-trained (frozen)", model), ("random init (frozen)", random_init)):
+    candidates = {f"{method_name(args)} pre-trained (frozen)": model, "random init (frozen)": random_init}
+    for name, candidate in candidates.items():
         results = evaluate_model(candidate, data["query"], data["gallery"], accelerator=accelerator,
                                  num_workers=args.num_workers, progress=False)
         scores[name] = {key: float(results[key]) for key in keys}
@@ -295,7 +304,7 @@ def frozen_feature_eval(model, data, args, accelerator) -> dict[str, dict[str, f
 def export_teacher(model: pass_hub.PassViTModel, args: argparse.Namespace, results: dict, folder: Path) -> Path:
     """The teacher backbone as a hub folder (ImageNet mean/std processor) with a model card."""
     training = (
-        f"PASS pre-training (part-aware DINO) on `{args.data}` ({results['images']} images), "
+        f"{method_name(args)} pre-training on `{args.data}` ({results['images']} images), "
         f"{results['steps']} steps with a global batch of {results['global_batch']} over {args.epochs} epochs; "
         f"AdamW, peak lr {args.lr} x batch/256 with {args.warmup_epochs} warm-up epochs then cosine to {args.min_lr}; "
         f"weight decay {args.weight_decay} -> {args.weight_decay_end}; teacher EMA {args.momentum_teacher} -> 1; "
@@ -306,7 +315,8 @@ def export_teacher(model: pass_hub.PassViTModel, args: argparse.Namespace, resul
     card = render_model_card(
         model.config,
         kind="backbone",
-        summary="A PASS part-aware ViT backbone pre-trained with pass-hub's `training/pretrain.py`.",
+        summary=f"A part-aware ViT backbone pre-trained with {method_name(args)} by pass-hub's `training/pretrain.py`"
+        + (" (an ablation: its [PART] tokens were never trained)." if args.no_part_tokens else "."),
         training=training,
         results_table=(
             "Frozen-feature ReID on the evaluation split of the pre-training data (raw embedding, no fine-tuning):"
