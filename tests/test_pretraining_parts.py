@@ -114,6 +114,17 @@ def test_local_crops_come_from_their_stripe():
             assert top - 1 <= values.min() and values.max() <= bottom  # bicubic may overshoot by one level
 
 
+def test_colour_jitter_and_grayscale_can_be_turned_off():
+    image = Image.new("RGB", (64, 128), (200, 40, 40))
+    torch.manual_seed(0)
+    plain = PassViews(ViewConfig(image_size=(128, 64), colour_jitter=0.0, grayscale_p=0.0))(image)["local_views"]
+    jittered = PassViews(ViewConfig(image_size=(128, 64)))(image)["local_views"]
+    colour = plain.mean(dim=(-2, -1))
+    assert torch.allclose(colour, colour[:1].expand_as(colour), atol=1e-4)  # every local view keeps the red
+    spread = jittered.mean(dim=(-2, -1)).std(dim=0)
+    assert spread.max() > 0.1
+
+
 def test_seeded_views_are_reproducible_and_vary_with_epoch_and_index():
     rng = np.random.default_rng(0)
     images = [{"image": Image.fromarray(rng.integers(0, 255, (64, 32, 3), np.uint8))} for _ in range(3)]

@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--image_size", nargs=2, type=int, default=[128, 64], metavar=("H", "W"),
                       help="training input; 128x64 keeps CPU runs short, the paper uses 256 128")
     data.add_argument("--local_crops_per_stripe", type=int, default=3)
+    data.add_argument("--colour_jitter", type=float, default=1.0,
+                      help="strength of the (0.4, 0.4, 0.2, 0.1) colour jitter; 1 is the paper's, 0 turns it off")
+    data.add_argument("--grayscale", type=float, default=0.2, help="probability of a grayscale view")
     model = parser.add_argument_group("model")
     model.add_argument("--preset", choices=sorted(PRESETS), default="pass_vit_tiny")
     model.add_argument("--out_dim", type=int, default=4096, help="prototypes per head (65536 in the paper)")
@@ -125,7 +128,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     with accelerator.main_process_first():
         dataset_dict, images = load_images(args.data, args.split)
-    view_config = ViewConfig(image_size=tuple(args.image_size), local_crops_per_stripe=args.local_crops_per_stripe)
+    view_config = ViewConfig(
+        image_size=tuple(args.image_size),
+        local_crops_per_stripe=args.local_crops_per_stripe,
+        colour_jitter=args.colour_jitter,
+        grayscale_p=args.grayscale,
+    )
     dataset = SeededTransformDataset(images, PassViews(view_config), seed=args.seed)
     loader = DataLoader(
         dataset,
@@ -308,7 +316,8 @@ def export_teacher(model: pass_hub.PassViTModel, args: argparse.Namespace, resul
         f"{results['steps']} steps with a global batch of {results['global_batch']} over {args.epochs} epochs; "
         f"AdamW, peak lr {args.lr} x batch/256 with {args.warmup_epochs} warm-up epochs then cosine to {args.min_lr}; "
         f"weight decay {args.weight_decay} -> {args.weight_decay_end}; teacher EMA {args.momentum_teacher} -> 1; "
-        f"{args.out_dim} prototypes per head; {args.local_crops_per_stripe} local crops per stripe; "
+        f"{args.out_dim} prototypes per head; {args.local_crops_per_stripe} local crops per stripe; colour jitter "
+        f"x{args.colour_jitter} of the paper's, grayscale p {args.grayscale}; "
         f"input {args.image_size[0]}x{args.image_size[1]}; seed {args.seed}. The published weights are the teacher's."
     )
     frozen = results.get("frozen_eval")

@@ -6,7 +6,8 @@ stripe k are drawn inside stripe k only, so the [PART_k] token they carry always
 
 Photometric recipe (DINO): flip 0.5; colour jitter (0.4, 0.4, 0.2, 0.1) with p 0.8; grayscale 0.2; Gaussian
 blur with radius U(0.1, 2.0) with p 1.0 (global view 1), 0.1 (global view 2, plus solarize 0.2) and 0.5
-(local views); ImageNet normalisation.
+(local views); ImageNet normalisation. Colour jitter strength and the grayscale probability are settings
+(``ViewConfig.colour_jitter`` / ``grayscale_p``): identities that differ only in colour need them turned down.
 
 Example:
     >>> from PIL import Image
@@ -38,6 +39,8 @@ class ViewConfig:
     local_scale: tuple[float, float] = (0.1, 0.8)
     num_stripes: int = 3
     local_crops_per_stripe: int = 3
+    colour_jitter: float = 1.0  # scales the (0.4, 0.4, 0.2, 0.1) jitter; 0 turns it off
+    grayscale_p: float = 0.2
 
     @property
     def resolved_local_size(self) -> tuple[int, int]:
@@ -68,13 +71,15 @@ class RandomGaussianBlur(torch.nn.Module):
         return image.filter(ImageFilter.GaussianBlur(radius=low + (high - low) * torch.rand(()).item()))
 
 
-def _photometric(blur_p: float, solarize_p: float = 0.0) -> v2.Compose:
-    steps = [
-        v2.RandomHorizontalFlip(0.5),
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-        v2.RandomGrayscale(0.2),
-        RandomGaussianBlur(blur_p),
-    ]
+def _photometric(config: ViewConfig, blur_p: float, solarize_p: float = 0.0) -> v2.Compose:
+    strength = config.colour_jitter
+    steps = [v2.RandomHorizontalFlip(0.5)]
+    if strength:
+        jitter = v2.ColorJitter(0.4 * strength, 0.4 * strength, 0.2 * strength, min(0.1 * strength, 0.5))
+        steps.append(v2.RandomApply([jitter], p=0.8))
+    if config.grayscale_p:
+        steps.append(v2.RandomGrayscale(config.grayscale_p))
+    steps.append(RandomGaussianBlur(blur_p))
     if solarize_p:
         steps.append(v2.RandomSolarize(threshold=128, p=solarize_p))
     steps += [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
@@ -96,8 +101,11 @@ class PassViews:
         self.local_crop = v2.RandomResizedCrop(
             config.resolved_local_size, scale=config.local_scale, interpolation=bicubic
         )
-        self.global_photometric = (_photometric(blur_p=1.0), _photometric(blur_p=0.1, solarize_p=0.2))
-        self.local_photometric = _photometric(blur_p=0.5)
+        self.global_photometric = (
+            _photometric(config, blur_p=1.0),
+            _photometric(config, blur_p=0.1, solarize_p=0.2),
+        )
+        self.local_photometric = _photometric(config, blur_p=0.5)
 
     def crops(self, image: Image.Image) -> tuple[list[Image.Image], list[Image.Image]]:
         """The geometric crops only (PIL), before photometric augmentation: (globals, locals by stripe)."""
