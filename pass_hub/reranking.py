@@ -32,7 +32,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -45,6 +47,9 @@ from .metrics import (
     order_codes,
     order_keys,
 )
+
+if TYPE_CHECKING:
+    import scipy.sparse
 
 # Pairs of (feature entry, inverted-index entry) summed at once in a Jaccard block; bounds its memory.
 JACCARD_PAIRS = 1 << 22
@@ -289,6 +294,19 @@ class KReciprocalReranker:
         return torch.cat([self.block(block_rows) for block_rows in rows])
 
 
+def _jaccard_blocks(
+    features: ArrayLike, k1: int, k2: int, distance: str, normalize: bool
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(row indices, their (rows, N) float32 Jaccard distances to every item), block by block of rows."""
+    metric = FeatureDistance(distance, normalize)
+    prepared = metric.prepare(features)
+    encoding = KReciprocalEncoding(metric, prepared, k1, k2)
+    everything = torch.arange(len(prepared))
+    inverted_index = encoding.inverted_index(everything)
+    for rows in everything.split(encoding.chunk_size):
+        yield rows, encoding.jaccard(rows, inverted_index, len(prepared))
+
+
 def jaccard_distance(
     features: ArrayLike, *, k1: int = 30, k2: int = 6, distance: str = "euclidean", normalize: bool = True
 ) -> torch.Tensor:
@@ -296,16 +314,46 @@ def jaccard_distance(
 
     Steps 1-6 of the module docstring on one feature set; the output is dense, N * N * 4 bytes (fine for
     training sets of a few thousand to ~20k images), while the computation itself stays memory-bounded.
+    :func:`jaccard_neighbours` keeps only the small distances, for larger sets.
 
     Example:
         >>> distances = jaccard_distance(torch.randn(50, 16), k1=8, k2=3)
         >>> distances.shape, bool((distances.diagonal().abs() < 1e-6).all())
         (torch.Size([50, 50]), True)
     """
-    metric = FeatureDistance(distance, normalize)
-    prepared = metric.prepare(features)
-    encoding = KReciprocalEncoding(metric, prepared, k1, k2)
-    everything = torch.arange(len(prepared))
-    inverted_index = encoding.inverted_index(everything)
-    blocks = [encoding.jaccard(rows, inverted_index, len(prepared)) for rows in everything.split(encoding.chunk_size)]
-    return torch.cat(blocks)
+    return torch.cat([block for _, block in _jaccard_blocks(features, k1, k2, distance, normalize)])
+
+
+def jaccard_neighbours(
+    features: ArrayLike,
+    max_distance: float,
+    *,
+    k1: int = 30,
+    k2: int = 6,
+    distance: str = "euclidean",
+    normalize: bool = True,
+) -> scipy.sparse.csr_matrix:
+    """The Jaccard distances of :func:`jaccard_distance` that are <= ``max_distance``, as a sparse (N, N) float32
+    matrix: an absent entry is farther, a stored zero is a real zero distance.
+
+    This is the input DBSCAN takes with ``metric="precomputed"`` and ``eps=max_distance``; its memory grows with
+    the number of close pairs instead of N * N (dense, MSMT17's 32,621 training images would take 4.3 GB).
+    Distances a hair below 0 (rounding of near-duplicates) are stored as 0.
+
+    Example:
+        >>> graph = jaccard_neighbours(torch.randn(50, 16), 0.7, k1=8, k2=3)
+        >>> graph.shape, bool((graph.data <= 0.7).all()), bool((graph.diagonal() < 1e-6).all())
+        ((50, 50), True, True)
+    """
+    import scipy.sparse
+
+    rows_out, columns_out, values_out, num = [], [], [], 0
+    for rows, block in _jaccard_blocks(features, k1, k2, distance, normalize):
+        row, column = (block <= max_distance).nonzero(as_tuple=True)
+        rows_out.append(rows[row])
+        columns_out.append(column)
+        values_out.append(block[row, column].clamp_(min=0))
+        num = block.shape[1]
+    coordinates = (torch.cat(rows_out).numpy(), torch.cat(columns_out).numpy())
+    # Built from sorted coordinates without duplicates, so no entry is summed or dropped (zeros stay stored).
+    return scipy.sparse.csr_matrix((torch.cat(values_out).numpy(), coordinates), shape=(num, num))

@@ -51,6 +51,16 @@ def test_pk_batches_are_dealt_whole_to_processes():
             assert batch == batches[(2 * position + rank) % len(batches)]
 
 
+def test_pk_epoch_length_can_be_fixed():
+    sampler = PKBatchSampler(LABELS, identities_per_batch=3, instances_per_identity=2, seed=0, num_batches=25)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 25  # several passes over the chunks, identities dealt new ones
+    assert all(len(batch) == 6 and len({LABELS[i] for i in batch}) == 3 for batch in batches)
+    assert batches[:3] == list(PKBatchSampler(LABELS, 3, 2, seed=0, num_batches=3))  # a longer epoch extends it
+    with pytest.raises(ValueError, match="num_batches must be >= 1"):
+        PKBatchSampler(LABELS, 3, 2, num_batches=0)
+
+
 def test_pk_rejects_too_few_identities():
     with pytest.raises(ValueError, match="needs 4 identities; the data has 1"):
         PKBatchSampler([7, 7, 7], identities_per_batch=4, instances_per_identity=2)

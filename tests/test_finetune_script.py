@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from unittest import mock
 
@@ -13,29 +12,20 @@ import pytest
 import timm
 import torch
 from huggingface_hub import ModelCard
+from script_runs import ROOT, run_script, two_processes
 from transformers import AutoImageProcessor, AutoModel
 
 import pass_hub
-from training import finetune, push
+from training import push, reid
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "training" / "finetune.py"
 TOY_DATA = "synthetic:train_ids=6,test_ids=4,distractors=3,unlabelled=0,image_size=64x32"
 TOY = ["--dataset", TOY_DATA, "--image_size", "64", "32", "--batch_size", "8", "--num_instances", "2",
        "--num_workers", "0", "--report_to", "none", "--eval_batch_size", "16"]
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": str(ROOT)}
-
-
 def _run(args: list[str], launcher: list[str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    command = (launcher or [sys.executable]) + [str(SCRIPT), *TOY, *args]
-    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return run_script(SCRIPT, [*TOY, *args], launcher, check)
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +72,9 @@ def test_init_from_a_pretrained_folder_resamples_positions(tmp_path):
     config = pass_hub.PassViTConfig.from_preset("tiny", image_size=(64, 32))
     backbone = pass_hub.PassViTModel(config)
     pass_hub.save_hub_folder(backbone, tmp_path / "pre")
-    args = finetune.parse_args([*TOY, "--init", str(tmp_path / "pre"), "--image_size", "96", "32"])
-    model, base_model = finetune.build_model(args, num_labels=3)
-    assert base_model is None and model.config.image_size == (96, 32)
+    initial = reid.load_initial_backbone(str(tmp_path / "pre"))
+    model = reid.build_model(initial, image_size=(96, 32), num_labels=3, drop_path_rate=0.1)
+    assert initial.base_model is None and not initial.fine_tuned and model.config.image_size == (96, 32)
     assert torch.equal(model.pass_vit.vit.blocks[3].mlp.fc1.weight, backbone.vit.blocks[3].mlp.fc1.weight)
     assert model.pass_vit.vit.pos_embed.shape[1] == 4 + 6 * 2
     assert torch.equal(model.pass_vit.vit.pos_embed[:, :4], backbone.vit.pos_embed[:, :4])  # CLS + PARTs kept
@@ -109,12 +99,8 @@ def test_k_larger_than_any_identity_is_resampled(tmp_path):
 
 
 def test_two_processes(tmp_path):
-    launcher = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29518",
-    ]
     with mock.patch.dict(os.environ, {"ACCELERATE_USE_CPU": "1"}):
-        _run(["--output_dir", str(tmp_path / "two"), "--max_steps", "2"], launcher=launcher)
+        _run(["--output_dir", str(tmp_path / "two"), "--max_steps", "2"], launcher=two_processes(29518))
     results = json.loads((tmp_path / "two" / "results.json").read_text())
     assert results["num_processes"] == 2 and results["global_batch"] == 16 and results["replicas_in_sync"]
     assert results["final"]["num_valid_queries"] == 4 * 2  # every query counted once despite the sharding

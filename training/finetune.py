@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +26,23 @@ from torch.utils.data import DataLoader
 if __package__ in (None, ""):  # run as a script: make the repository's `training` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import pass_hub
-from pass_hub.atomic import write_json_atomic
-from pass_hub.backbone import PRESETS
-from pass_hub.evaluation import evaluate_model
-from pass_hub.model_card import reid_card_data, render_model_card, results_table
-from pass_hub.timm_models import checkpoint_filter_fn
 from training import runtime
 from training.data import SeededTransformDataset
 from training.losses import batch_hard_triplet_loss
 from training.optim import bias_lr_groups, set_hyperparameters
+from training.reid import (
+    BestModel,
+    add_evaluation_arguments,
+    build_model,
+    dataset_name,
+    evaluate,
+    finish_run,
+    load_initial_backbone,
+)
 from training.samplers import PKBatchSampler
 from training.schedules import cosine_schedule
-from training.transforms import REID_MEAN, REID_STD, reid_train_transform
+from training.transforms import reid_train_transform
 
-MODEL_FOLDER = "pass-vit-reid"
 LOGGED = ("loss", "cross_entropy", "triplet", "lr", "mAP", "rank1", "images_per_second")
 
 
@@ -74,13 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--triplet_margin", type=float, default=None, help="hard margin; soft margin when omitted")
     optim.add_argument("--triplet_weight", type=float, default=1.0)
     optim.add_argument("--ce_weight", type=float, default=1.0)
-    evaluation = parser.add_argument_group("evaluation and publishing")
-    evaluation.add_argument("--eval_every", type=int, default=0, help="evaluate every N epochs (0: at the end only)")
-    evaluation.add_argument("--eval_batch_size", type=int, default=64)
-    evaluation.add_argument("--flip_test", action="store_true", help="average embeddings with mirrored images")
-    evaluation.add_argument("--model_name", default=None, help="name in the model card (default: derived)")
-    evaluation.add_argument("--push_to_hub", metavar="REPO", default=None, help="upload the published folder")
-    evaluation.add_argument("--hub_private", action="store_true")
+    add_evaluation_arguments(parser)
     args = parser.parse_args(argv)
     args.epochs = 8 if args.epochs is None else args.epochs
     args.batch_size = 64 if args.batch_size is None else args.batch_size
@@ -89,49 +84,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.data_dir:
         args.dataset = f"{args.dataset}:{args.data_dir}"
     return args
-
-
-def load_initial_backbone(init: str) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any], str | None]:
-    """(backbone weights or None, architecture arguments, hub id of the base model) for ``--init``."""
-    if init in PRESETS or f"pass_vit_{init}" in PRESETS:
-        preset = init if init in PRESETS else f"pass_vit_{init}"
-        return None, dict(PRESETS[preset]), None
-    path = Path(init)
-    if path.is_file() or (path.is_dir() and not (path / "config.json").is_file()):
-        weights = pass_hub.extract_weights(pass_hub.load_checkpoint_file(path), source=str(path)).backbone
-        args = pass_hub.convert.infer_backbone_args(weights)
-        return weights, {k: args[k] for k in ("embed_dim", "depth", "num_heads")}, None
-    try:
-        backbone = pass_hub.PassViTModel.from_pretrained(init)
-    except (OSError, ValueError) as err:
-        raise SystemExit(
-            f"--init {init}: not a preset, checkpoint file, pass-hub folder or cached hub id ({err})"
-        ) from None
-    config = backbone.config
-    arch = dict(embed_dim=config.hidden_size, depth=config.num_hidden_layers, num_heads=config.num_attention_heads)
-    return backbone.vit.state_dict(), arch, None if path.exists() else init
-
-
-def build_model(args: argparse.Namespace, num_labels: int) -> tuple[pass_hub.PassViTForReID, str | None]:
-    weights, arch, base_model = load_initial_backbone(args.init)
-    config = pass_hub.PassViTConfig(
-        hidden_size=arch["embed_dim"],
-        num_hidden_layers=arch["depth"],
-        num_attention_heads=arch["num_heads"],
-        image_size=tuple(args.image_size),
-        image_mean=REID_MEAN,
-        image_std=REID_STD,
-        drop_path_rate=args.drop_path_rate,
-        reid_feature=args.reid_feature,
-        label_smoothing=args.label_smoothing,
-        num_labels=num_labels,
-    )
-    model = pass_hub.PassViTForReID(config)
-    if weights is not None:
-        backbone = model.pass_vit.vit
-        # Resamples the position table when the init was trained at another size (e.g. 256x128 -> 384x128).
-        backbone.load_state_dict(checkpoint_filter_fn(weights, backbone))
-    return model, base_model
 
 
 def load_data(args: argparse.Namespace):
@@ -145,13 +97,6 @@ def load_data(args: argparse.Namespace):
     if len(label_of_pid) < 2:
         raise SystemExit(f"--dataset {args.dataset}: the train split has {len(label_of_pid)} identity; need >= 2")
     return data, train, len(label_of_pid)
-
-
-def evaluate(model, data, args, accelerator, **options) -> dict[str, Any]:
-    return evaluate_model(
-        accelerator.unwrap_model(model), data["query"], data["gallery"], batch_size=args.eval_batch_size,
-        flip=args.flip_test, accelerator=accelerator, num_workers=args.num_workers, **options,
-    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -168,10 +113,10 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = SeededTransformDataset(train, reid_train_transform(tuple(args.image_size)), seed=args.seed,
                                      keep_columns=("label",))
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=args.num_workers)
-    try:
-        model, base_model = build_model(args, num_labels)
-    except ValueError as err:
-        raise SystemExit(f"cannot build the model: {err}") from None
+    initial = load_initial_backbone(args.init)
+    model = build_model(initial, image_size=args.image_size, num_labels=num_labels,
+                        drop_path_rate=args.drop_path_rate, reid_feature=args.reid_feature,
+                        label_smoothing=args.label_smoothing)
     optimizer = torch.optim.SGD(bias_lr_groups(model, args.bias_lr_factor), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
@@ -189,10 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
                                   warmup_start=args.lr * args.warmup_start_factor)
     global_batch = args.batch_size * accelerator.num_processes * args.gradient_accumulation_steps
 
-    checkpointer = runtime.Checkpointer(accelerator, output_dir, keep=args.keep_checkpoints)
-    resumed = checkpointer.resume(args.resume)
-    if accelerator.is_main_process and args.report_to != "none":
-        accelerator.init_trackers("pass_finetune", config={k: str(v) for k, v in vars(args).items()})
+    checkpointer, resumed = runtime.resume_and_track(accelerator, args, "pass_finetune")
     accelerator.print(
         f"fine-tuning {args.init} on {args.dataset}: {len(train)} images of {num_labels} identities, "
         f"{accelerator.num_processes} process(es), global batch {global_batch}, {total_steps} steps"
@@ -229,8 +171,6 @@ def main(argv: list[str] | None = None) -> dict:
         monitor.step_done(values, images=global_batch)
     monitor.close()
 
-    final = evaluate(model, data, args, accelerator, return_per_query=True)
-    best.consider(final, state.step, accelerator.unwrap_model(model), accelerator)
     results = {
         "init": args.init,
         "dataset": args.dataset,
@@ -238,85 +178,18 @@ def main(argv: list[str] | None = None) -> dict:
         "train_identities": num_labels,
         "steps": state.step,
         "global_batch": global_batch,
-        "final": scalar_metrics(final),
-        "best": best.metrics,
-        "best_step": best.step,
-        "num_processes": accelerator.num_processes,
-        "replicas_in_sync": runtime.replicas_in_sync(accelerator, list(model.parameters())),
-        "wall_time_seconds": time.perf_counter() - started,
     }
-    if accelerator.is_main_process:
-        folder = publish(args, results, data, best.details or final, base_model, best.folder, output_dir)
-        results["model"] = str(folder)
-        write_json_atomic(output_dir / "results.json", results)
-        accelerator.print(
-            f"mAP {100 * best.metrics['mAP']:.1f}, Rank-1 {100 * best.metrics['rank1']:.1f}, "
-            f"mINP {100 * best.metrics['mINP']:.1f} (step {best.step}); "
-            f"{runtime.seconds_to_text(results['wall_time_seconds'])}; model in {folder}"
-        )
-        if args.push_to_hub:
-            from training.push import push_folder
-
-            accelerator.print(f"uploaded: {push_folder(folder, args.push_to_hub, private=args.hub_private)}")
-    accelerator.end_training()
-    return results
+    return finish_run(args, accelerator, model, data, best, results, started=started, base_model=initial.base_model,
+                      describe=lambda results: card_text(args, results))
 
 
-def scalar_metrics(results: dict[str, Any]) -> dict[str, float]:
-    keys = ("mAP", "mINP", "rank1", "rank5", "rank10", "num_valid_queries")
-    return {key: float(results[key]) for key in keys}
-
-
-class BestModel:
-    """The best evaluation so far (by mAP); the main process keeps its weights as a hub folder ``folder``.
-
-    ``details`` (per-query results for rank-list pictures) lives in memory only: after a resume it is filled by
-    the next evaluation that wins.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.metrics: dict[str, float] = {}
-        self.step = 0
-        self.details: dict[str, Any] | None = None
-
-    def consider(self, results: dict[str, Any], step: int, model, accelerator) -> dict[str, float]:
-        metrics = scalar_metrics(results)
-        if not self.metrics or metrics["mAP"] > self.metrics["mAP"]:
-            self.metrics, self.step, self.details = metrics, step, results
-            if accelerator.is_main_process:
-                pass_hub.save_hub_folder(model, self.folder, overwrite=True)
-        accelerator.wait_for_everyone()
-        return {"mAP": metrics["mAP"], "rank1": metrics["rank1"]}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"metrics": self.metrics, "step": self.step}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.metrics, self.step = dict(state["metrics"]), int(state["step"])
-
-
-def publish(args, results, data, ranked: dict[str, Any], base_model, best_folder: Path, output_dir: Path) -> Path:
-    """The best weights as the published hub folder, with a model card and a rank-list picture of ``ranked``."""
-    from pass_hub.evaluation import save_rank_lists
-
-    model = pass_hub.PassViTForReID.from_pretrained(best_folder)
-    dataset_name = args.dataset.split(":")[0]
-    version = data["query"].info.config_name if dataset_name.startswith("msmt17") else None
-    name = args.model_name or f"pass-vit-{dataset_name}-reid"
-    picture = "rank_list.png"
-    best = results["best"]
-    card = render_model_card(
-        model.config,
-        kind="reid",
-        title=name,
-        summary=f"A PASS part-aware ViT fine-tuned for person ReID on `{args.dataset}` with pass-hub's "
+def card_text(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
+    """Name, summary and training section of the model card."""
+    return {
+        "name": args.model_name or f"pass-vit-{dataset_name(args.dataset)}-reid",
+        "summary": f"A PASS part-aware ViT fine-tuned for person ReID on `{args.dataset}` with pass-hub's "
         f"`training/finetune.py`, starting from `{args.init}`.",
-        card_data=reid_card_data(
-            model_name=name, dataset_name=dataset_name, dataset_id=dataset_name, results=best,
-            base_model=base_model, dataset_config=version,
-        ),
-        training=(
+        "training": (
             f"{results['steps']} steps (best evaluation at step {results['best_step']}) of P x K batches "
             f"({args.batch_size // args.num_instances} x {args.num_instances}, global {results['global_batch']}) over "
             f"{results['train_identities']} identities / {results['train_images']} images; cross-entropy "
@@ -327,13 +200,7 @@ def publish(args, results, data, ranked: dict[str, Any], base_model, best_folder
             f"{args.final_lr_factor} x lr; input {args.image_size[0]}x{args.image_size[1]}, flip / pad-crop / random "
             f"erasing, mean = std = 0.5; drop path {args.drop_path_rate}; seed {args.seed}."
         ),
-        results_table=results_table({f"{name} ({dataset_name}, no re-ranking)": best}),
-        pictures=f"Ranked gallery lists of a few queries (green: same identity):\n\n![rank lists]({picture})",
-    )
-    save_rank_lists(ranked, data["query"], data["gallery"], output_dir / picture)
-    return pass_hub.save_hub_folder(
-        model, output_dir / MODEL_FOLDER, model_card=card, extra_files=[output_dir / picture], overwrite=True
-    )
+    }
 
 
 if __name__ == "__main__":

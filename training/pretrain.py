@@ -185,10 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
         min(round(args.warmup_teacher_temp_epochs * steps_per_epoch), schedule_length),
     )
 
-    checkpointer = runtime.Checkpointer(accelerator, output_dir, keep=args.keep_checkpoints)
-    resumed = checkpointer.resume(args.resume)
-    if accelerator.is_main_process and args.report_to != "none":
-        accelerator.init_trackers("pass_pretrain", config={k: str(v) for k, v in vars(args).items()})
+    checkpointer, resumed = runtime.resume_and_track(accelerator, args, "pass_pretrain")
     accelerator.print(
         f"pre-training {args.preset} on {len(images)} images ({args.data}), {accelerator.num_processes} process(es), "
         f"global batch {global_batch}, {total_steps} steps" + (f", resumed from {resumed}" if resumed else "")

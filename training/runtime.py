@@ -146,6 +146,23 @@ class Checkpointer:
         return path
 
 
+def resume_and_track(
+    accelerator: Accelerator, args: argparse.Namespace, project: str
+) -> tuple[Checkpointer, Path | None]:
+    """The run's :class:`Checkpointer` after loading what ``--resume`` names (None: a fresh start), with the
+    trackers of ``--report_to`` started on the main process under ``project``.
+
+    Example (after ``accelerator.register_for_checkpointing``, so the loaded state reaches every object)::
+
+        checkpointer, resumed = runtime.resume_and_track(accelerator, args, "pass_finetune")
+    """
+    checkpointer = Checkpointer(accelerator, args.output_dir, keep=args.keep_checkpoints)
+    resumed = checkpointer.resume(args.resume)
+    if accelerator.is_main_process and args.report_to != "none":
+        accelerator.init_trackers(project, config={k: str(v) for k, v in vars(args).items()})
+    return checkpointer, resumed
+
+
 class RunMonitor:
     """Per-step bookkeeping of a training loop: progress bar, logged history and trackers, periodic checkpoints.
 

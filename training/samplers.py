@@ -21,22 +21,28 @@ class PKBatchSampler(Sampler[list[int]]):
 
     Per epoch, every identity's images are shuffled and cut into chunks of K (an identity with fewer than K
     images, or a last incomplete chunk, is filled by resampling its own images), and batches are built by
-    drawing P distinct identities that still have chunks; an epoch has ``total chunks // P`` batches
-    (identities left without chunks are dealt new ones when fewer than P remain). The order depends only on
-    ``seed`` and the epoch set with :meth:`set_epoch`, so every process of a distributed run computes the same
-    list of batches; handing
-    whole batches to processes in turn (what ``accelerator.prepare`` does with a batch sampler) gives each
-    process complete P x K batches.
+    drawing P distinct identities that still have chunks; an epoch has ``total chunks // P`` batches, or
+    ``num_batches`` (identities left without chunks are dealt new ones when fewer than P remain). The order
+    depends only on ``seed`` and the epoch set with :meth:`set_epoch`, so every process of a distributed run
+    computes the same list of batches; handing whole batches to processes in turn (what ``accelerator.prepare``
+    does with a batch sampler) gives each process complete P x K batches.
 
     Args:
         labels: Identity label of every dataset item.
         identities_per_batch: P.
         instances_per_identity: K.
         seed: Shuffling seed.
+        num_batches: Batches per epoch when it must not depend on the labels (cluster-contrast re-labels the
+            data every epoch but keeps a fixed number of steps); default: one pass over the chunks.
     """
 
     def __init__(
-        self, labels: Sequence[int], identities_per_batch: int, instances_per_identity: int, seed: int = 0
+        self,
+        labels: Sequence[int],
+        identities_per_batch: int,
+        instances_per_identity: int,
+        seed: int = 0,
+        num_batches: int | None = None,
     ) -> None:
         if identities_per_batch < 1 or instances_per_identity < 1:
             raise ValueError(f"P and K must be >= 1, got P={identities_per_batch}, K={instances_per_identity}")
@@ -51,7 +57,9 @@ class PKBatchSampler(Sampler[list[int]]):
         self.p, self.k, self.seed, self.epoch = identities_per_batch, instances_per_identity, seed, 0
         self.labels = sorted(self.indices_of)
         total_chunks = sum(-(-len(indices) // self.k) for indices in self.indices_of.values())
-        self.num_batches = max(total_chunks // self.p, 1)
+        self.num_batches = max(total_chunks // self.p, 1) if num_batches is None else num_batches
+        if self.num_batches < 1:
+            raise ValueError(f"num_batches must be >= 1, got {num_batches}")
 
     @property
     def batch_size(self) -> int:
