@@ -1,0 +1,32 @@
+"""The demo pipeline end to end at toy size: every stage runs, outputs land in one folder, re-runs skip."""
+
+from __future__ import annotations
+
+import json
+
+from training import demo
+
+
+def test_demo_runs_every_stage_and_skips_finished_ones(tmp_path, capsys):
+    out = tmp_path / "demo"
+    summary = demo.main(["--toy", "--output_dir", str(out)])
+    assert set(summary["fine-tuned"]) == {"PASS pre-training", "DINO pre-training, no [PART] tokens", "random init"}
+    for scores in summary["fine-tuned"].values():
+        assert 0 <= scores["mAP"] <= 1 and 0 <= scores["mINP"] <= 1
+    assert summary["transformers_timm_max_gap"] < 1e-4
+    assert set(summary["attention_centres"]["pass"]) == {"CLS", "PART1", "PART2", "PART3"}
+    for name in ("pass", "dino"):
+        assert (out / f"part_attention_{name}.png").stat().st_size > 1000
+        card = (out / f"pretrain-{name}" / "pass-vit-pretrained" / "README.md").read_text()
+        assert ("DINO (no [PART] tokens)" in card) == (name == "dino")
+    for name in ("pass", "dino", "random"):
+        stage = out / f"finetune-{name}"
+        assert (stage / "pass-vit-reid" / "README.md").is_file() and (stage / "rank_list.png").is_file()
+        assert (stage / "loss_curves.png").is_file()
+    assert json.loads((out / "results.json").read_text())["fine-tuned"] == summary["fine-tuned"]
+    assert "| random init |" in (out / "results.md").read_text()
+
+    capsys.readouterr()
+    again = demo.main(["--toy", "--output_dir", str(out)])
+    assert capsys.readouterr().out.count("done before, skipped") == 5
+    assert again["fine-tuned"] == summary["fine-tuned"]
