@@ -120,9 +120,10 @@ def draw_part_attention(
     centres = vertical_centres(maps)
     width, height = image_size
     top = gap + (line if title else 0) + line
+    title_width = int(font.getlength(title)) + 2 * gap if title else 0
     canvas = Image.new(
         "RGB",
-        (gap + (1 + len(names)) * (width + gap), top + len(images) * (height + line + gap)),
+        (max(gap + (1 + len(names)) * (width + gap), title_width), top + len(images) * (height + line + gap)),
         BACKGROUND,
     )
     draw = ImageDraw.Draw(canvas)
