@@ -246,7 +246,8 @@ class PassViTForReID(PassViTPreTrainedModel):
         dim = config.hidden_size
         self.cls_neck = bias_frozen_batchnorm(dim)
         self.part_necks = nn.ModuleList(bias_frozen_batchnorm(dim) for _ in range(config.num_part_tokens))
-        self.classifier = nn.Linear(2 * dim, config.num_labels, bias=False)
+        # No identities (e.g. cluster-contrast, which learns none): no classifier, and ``logits`` is None.
+        self.classifier = nn.Linear(2 * dim, config.num_labels, bias=False) if config.num_labels > 0 else None
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -286,9 +287,11 @@ class PassViTForReID(PassViTPreTrainedModel):
         )
         before = outputs.pooler_output
         after = self.neck_features(outputs.last_hidden_state)
-        logits = self.classifier(after)
+        logits = None if self.classifier is None else self.classifier(after)
         loss = None
         if labels is not None:
+            if logits is None:
+                raise ValueError("labels were given but config.num_labels is 0: this model has no identity classifier")
             loss = F.cross_entropy(logits, labels, label_smoothing=float(self.config.label_smoothing))
         embeddings = before if self.config.reid_feature == "before_neck" else after
         if self.config.normalize_embeddings:

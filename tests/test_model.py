@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -221,3 +223,15 @@ def test_auto_backbone_feature_maps(model, tmp_path):
     assert torch.allclose(maps[-1], patches, atol=1e-6)
     first = model.vit.norm(tokens.hidden_states[1])[:, 4:].reshape(2, 24, 8, 64).permute(0, 3, 1, 2)
     assert torch.allclose(maps[0], first, atol=1e-6)
+
+
+def test_reid_model_without_identities_has_no_classifier():
+    config = pass_hub.PassViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_labels=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when a zero-output Linear is initialised
+        model = pass_hub.PassViTForReID(config).eval()
+    assert model.classifier is None and not any(k.startswith("classifier") for k in model.state_dict())
+    out = model(torch.randn(2, 3, 256, 128))
+    assert out.logits is None and out.embeddings.shape == (2, 64)
+    with pytest.raises(ValueError, match="no identity classifier"):
+        model(torch.randn(2, 3, 256, 128), labels=torch.tensor([0, 1]))

@@ -44,7 +44,6 @@ def toy_run(tmp_path_factory) -> Path:
 
 
 # The published model has no identity classifier: a (0, 2D) weight, whose initialisation torch calls a no-op.
-@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 def test_usl_run_publishes_a_folder_with_results_and_card(toy_run):
     results = json.loads((toy_run / "results.json").read_text())
     assert results["setting"] == "USL" and results["source_dataset"] is None and results["steps"] == 4

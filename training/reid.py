@@ -11,10 +11,8 @@ Example:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,15 +82,6 @@ def load_initial_backbone(init: str) -> InitialBackbone:
     )
 
 
-@contextlib.contextmanager
-def _quiet_empty_classifier() -> Iterator[None]:
-    # A model without identities (cluster-contrast trains no classifier) has a (0, 2D) classifier, whose
-    # initialisation torch reports as a no-op on every construction.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op")
-        yield
-
-
 def build_model(
     initial: InitialBackbone,
     *,
@@ -120,8 +109,7 @@ def build_model(
             label_smoothing=label_smoothing,
             num_labels=num_labels,
         )
-        with _quiet_empty_classifier():
-            model = pass_hub.PassViTForReID(config)
+        model = pass_hub.PassViTForReID(config)
         if initial.weights is not None:
             backbone = model.pass_vit.vit
             # Resamples the position table when the init was trained at another size (e.g. 256x128 -> 384x128).
@@ -231,8 +219,7 @@ def publish(
         base_model: Hub id the run started from, if any.
         extra_tags: More card tags (``unsupervised``, ``domain-adaptation``).
     """
-    with _quiet_empty_classifier():
-        model = pass_hub.PassViTForReID.from_pretrained(best_folder)
+    model = pass_hub.PassViTForReID.from_pretrained(best_folder)
     short_name = dataset_name(dataset)
     version = data["query"].info.config_name if short_name.startswith("msmt17") else None
     picture = "rank_list.png"

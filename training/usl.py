@@ -220,8 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     setting = "UDA" if initial.fine_tuned or args.source_dataset else "USL"
     model = build_model(initial, image_size=args.image_size, num_labels=0, drop_path_rate=args.drop_path_rate,
                         reid_feature=args.reid_feature)
-    # Parameters without a gradient would stall DDP: no classifier here, and the necks only for after_neck.
-    model.classifier.requires_grad_(False)
+    # Parameters without a gradient would stall DDP: the necks are only used for after_neck.
     if args.reid_feature == "before_neck":
         model.cls_neck.requires_grad_(False)
         model.part_necks.requires_grad_(False)
