@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from datasets import Dataset
+from PIL import Image
 
 if __package__ in (None, ""):  # run as a script: make the repository's `training` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -103,12 +105,10 @@ def run_stage(stage: Stage, index: int, total: int, force: bool) -> None:
     print(f"[{index}/{total}] {stage.title}: {time.perf_counter() - started:.0f} s", flush=True)
 
 
-def attention_summary(stages: dict[str, Stage], output_dir: Path, data_spec: str) -> dict[str, list[float]]:
+def attention_summary(stages: dict[str, Stage], output_dir: Path, gallery: Dataset) -> dict[str, list[float]]:
     """Part-attention pictures of both pre-trained backbones on a few test images, and their mean centre rows."""
-    from pass_hub.data import load_dataset_spec
     from pass_hub.part_attention import draw_part_attention, part_attention_maps, token_names, vertical_centres
 
-    gallery = load_dataset_spec(data_spec)["gallery"]
     step = max(1, len(gallery) // ATTENTION_IMAGES)
     images = [gallery[i]["image"] for i in range(0, step * ATTENTION_IMAGES, step)[:len(gallery)]]
     centres = {}
@@ -123,16 +123,15 @@ def attention_summary(stages: dict[str, Stage], output_dir: Path, data_spec: str
     return centres
 
 
-def reload_check(folder: Path, data_spec: str) -> float:
+def reload_check(folder: Path, image: Image.Image) -> float:
     """Embed one test image through transformers and through timm from the published folder; the largest gap."""
     import timm
     from timm.data import create_transform, resolve_data_config
     from transformers import AutoImageProcessor, AutoModel
 
     import pass_hub  # noqa: F401  (registers PassViT with transformers and timm)
-    from pass_hub.data import load_dataset_spec
 
-    image = load_dataset_spec(data_spec)["query"][0]["image"].convert("RGB")
+    image = image.convert("RGB")
     model = AutoModel.from_pretrained(folder).eval()
     pixels = AutoImageProcessor.from_pretrained(folder)(image, return_tensors="pt")["pixel_values"]
     timm_model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
@@ -168,12 +167,13 @@ def main(argv: list[str] | None = None) -> dict:
     for index, stage in enumerate(stages, 1):
         run_stage(stage, index, len(stages), args.force)
     by_name = {stage.name: stage for stage in stages}
-    data_spec = TOY_DATA if args.toy else "synthetic"
+    from pass_hub.data import load_dataset_spec
 
     print("part-attention pictures and reload check ...", flush=True)
-    centres = attention_summary(by_name, args.output_dir, data_spec)
+    test_data = load_dataset_spec(TOY_DATA if args.toy else "synthetic")
+    centres = attention_summary(by_name, args.output_dir, test_data["gallery"])
     reid_folder = by_name["finetune-pass"].output_dir / reid.MODEL_FOLDER
-    gap = reload_check(reid_folder, data_spec)
+    gap = reload_check(reid_folder, test_data["query"][0]["image"])
     table, scores = result_table(by_name)
     frozen = {name: by_name[f"pretrain-{name}"].results().get("frozen_eval") for name in ("pass", "dino")}
     summary = {
