@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,3 +34,16 @@ def two_processes(port: int) -> list[str]:
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
     ]
+
+
+def kill_at_checkpoint(script: Path, args: list[str], checkpoint: Path) -> None:
+    """Start ``script`` and SIGKILL it as soon as ``checkpoint`` exists (a crash mid-run); check it really died."""
+    process = subprocess.Popen([sys.executable, str(script), *args], env=script_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not checkpoint.exists():
+        assert process.poll() is None and time.time() < deadline, "run ended before the checkpoint"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (checkpoint.parent.parent / "results.json").exists(), "the run finished before it was killed"

@@ -11,7 +11,7 @@ from accelerate.data_loader import BatchSamplerShard
 from PIL import Image
 
 from training.losses import batch_hard_triplet_loss, euclidean_distances
-from training.optim import bias_lr_groups, set_hyperparameters
+from training.optim import bias_lr_groups, reid_optimizer, set_hyperparameters
 from training.samplers import PKBatchSampler
 from training.transforms import reid_test_transform, reid_train_transform
 
@@ -122,3 +122,18 @@ def test_bias_groups_get_twice_the_learning_rate():
     weights, biases = optimizer.param_groups
     assert weights["lr"] == pytest.approx(4e-4) and biases["lr"] == pytest.approx(8e-4)
     assert len(biases["params"]) == 2 and len(weights["params"]) == 2
+
+
+def test_reid_optimizers_treat_biases_as_the_recipe_says():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    sgd = reid_optimizer(model, "sgd", lr=0.1, weight_decay=1e-4, bias_lr_factor=2.0)
+    assert isinstance(sgd, torch.optim.SGD) and [g["weight_decay"] for g in sgd.param_groups] == [1e-4, 1e-4]
+    adamw = reid_optimizer(model, "adamw", lr=1e-3, weight_decay=0.05)
+    set_hyperparameters(adamw, lr=2e-3)
+    decayed, undecayed = adamw.param_groups
+    assert isinstance(adamw, torch.optim.AdamW)
+    assert decayed["params"] == [model[0].weight] and decayed["weight_decay"] == 0.05
+    assert len(undecayed["params"]) == 3 and undecayed["weight_decay"] == 0.0  # Linear bias, BatchNorm weight/bias
+    assert decayed["lr"] == undecayed["lr"] == pytest.approx(2e-3)
+    with pytest.raises(ValueError, match="unknown optimizer 'adam'"):
+        reid_optimizer(model, "adam", lr=1e-3, weight_decay=0.0)

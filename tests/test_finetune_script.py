@@ -12,7 +12,8 @@ import pytest
 import timm
 import torch
 from huggingface_hub import ModelCard
-from script_runs import ROOT, run_script, two_processes
+from safetensors.torch import load_file
+from script_runs import ROOT, kill_at_checkpoint, run_script, two_processes
 from transformers import AutoImageProcessor, AutoModel
 
 import pass_hub
@@ -96,6 +97,24 @@ def test_k_larger_than_any_identity_is_resampled(tmp_path):
     result = _run(["--output_dir", str(tmp_path / "k"), "--num_instances", "8", "--batch_size", "16",
                    "--max_steps", "1"])
     assert json.loads((tmp_path / "k" / "results.json").read_text())["steps"] == 1, result.stdout
+
+
+def test_sigkill_then_resume_gives_the_same_model(tmp_path):
+    # AdamW, so the optimiser's moments must come back too; the kill at step 3 falls between two evaluations.
+    common = ["--epochs", "2", "--eval_every", "1", "--save_every_steps", "3", "--optimizer", "adamw", "--lr", "1e-3"]
+    _run(["--output_dir", str(tmp_path / "straight"), *common])
+    killed = tmp_path / "killed"
+    kill_at_checkpoint(SCRIPT, [*TOY, "--output_dir", str(killed), *common], killed / "checkpoints" / "step_00000003")
+    _run(["--output_dir", str(killed), *common, "--resume"])
+
+    straight = load_file(tmp_path / "straight" / "pass-vit-reid" / "model.safetensors")
+    resumed = load_file(killed / "pass-vit-reid" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for name, tensor in straight.items():
+        assert torch.equal(tensor, resumed[name]), name
+    results = [json.loads((run / "results.json").read_text()) for run in (tmp_path / "straight", killed)]
+    assert results[0]["best"] == results[1]["best"] and results[0]["best_step"] == results[1]["best_step"]
+    assert "AdamW, lr 0.001, weight decay 0.05" in (killed / "pass-vit-reid" / "README.md").read_text()
 
 
 def test_two_processes(tmp_path):

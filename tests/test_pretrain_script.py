@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from script_runs import kill_at_checkpoint
 from transformers import AutoModel
 
 import pass_hub  # noqa: F401  (registers the Auto classes used below)
@@ -70,15 +69,8 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
     _run(["--output_dir", str(tmp_path / "straight"), *common])
 
     killed = tmp_path / "killed"
-    command = [sys.executable, str(SCRIPT), *TOY, "--output_dir", str(killed), *common]
-    process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step_00000002").exists():
-        assert process.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (killed / "results.json").exists()  # it really died mid-run (12 batches per epoch: mid-epoch too)
+    # 12 batches per epoch: the kill at step 2 is mid-epoch too.
+    kill_at_checkpoint(SCRIPT, [*TOY, "--output_dir", str(killed), *common], killed / "checkpoints" / "step_00000002")
 
     _run(["--output_dir", str(killed), *common, "--resume"])
     straight = load_file(tmp_path / "straight" / "pass-vit-pretrained" / "model.safetensors")
