@@ -9,6 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -47,3 +50,11 @@ def kill_at_checkpoint(script: Path, args: list[str], checkpoint: Path) -> None:
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (checkpoint.parent.parent / "results.json").exists(), "the run finished before it was killed"
+
+
+def assert_same_weights(expected: Path, actual: Path) -> None:
+    """The two safetensors files hold the same tensors, bit for bit."""
+    first, second = load_file(expected), load_file(actual)
+    assert first.keys() == second.keys()
+    for name, tensor in first.items():
+        assert torch.equal(tensor, second[name]), name

@@ -12,8 +12,7 @@ import pytest
 import timm
 import torch
 from huggingface_hub import ModelCard
-from safetensors.torch import load_file
-from script_runs import ROOT, kill_at_checkpoint, run_script, two_processes
+from script_runs import ROOT, assert_same_weights, kill_at_checkpoint, run_script, two_processes
 from transformers import AutoImageProcessor, AutoModel
 
 import pass_hub
@@ -107,11 +106,8 @@ def test_sigkill_then_resume_gives_the_same_model(tmp_path):
     kill_at_checkpoint(SCRIPT, [*TOY, "--output_dir", str(killed), *common], killed / "checkpoints" / "step_00000003")
     _run(["--output_dir", str(killed), *common, "--resume"])
 
-    straight = load_file(tmp_path / "straight" / "pass-vit-reid" / "model.safetensors")
-    resumed = load_file(killed / "pass-vit-reid" / "model.safetensors")
-    assert straight.keys() == resumed.keys()
-    for name, tensor in straight.items():
-        assert torch.equal(tensor, resumed[name]), name
+    assert_same_weights(tmp_path / "straight" / "pass-vit-reid" / "model.safetensors",
+                        killed / "pass-vit-reid" / "model.safetensors")
     results = [json.loads((run / "results.json").read_text()) for run in (tmp_path / "straight", killed)]
     assert results[0]["best"] == results[1]["best"] and results[0]["best_step"] == results[1]["best_step"]
     assert "AdamW, lr 0.001, weight decay 0.05" in (killed / "pass-vit-reid" / "README.md").read_text()

@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
-from script_runs import kill_at_checkpoint
+from script_runs import assert_same_weights, kill_at_checkpoint
 from transformers import AutoModel
 
 import pass_hub  # noqa: F401  (registers the Auto classes used below)
@@ -73,11 +72,8 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
     kill_at_checkpoint(SCRIPT, [*TOY, "--output_dir", str(killed), *common], killed / "checkpoints" / "step_00000002")
 
     _run(["--output_dir", str(killed), *common, "--resume"])
-    straight = load_file(tmp_path / "straight" / "pass-vit-pretrained" / "model.safetensors")
-    resumed = load_file(killed / "pass-vit-pretrained" / "model.safetensors")
-    assert straight.keys() == resumed.keys()
-    for name, tensor in straight.items():
-        assert torch.equal(tensor, resumed[name]), name
+    assert_same_weights(tmp_path / "straight" / "pass-vit-pretrained" / "model.safetensors",
+                        killed / "pass-vit-pretrained" / "model.safetensors")
     assert [e["loss"] for e in _history(killed)] == [e["loss"] for e in _history(tmp_path / "straight")]
 
 

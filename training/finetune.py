@@ -30,9 +30,9 @@ from training import runtime
 from training.data import SeededTransformDataset
 from training.losses import batch_hard_triplet_loss
 from training.optim import (
-    DEFAULT_WEIGHT_DECAY,
-    REID_OPTIMIZERS,
+    add_optimizer_arguments,
     describe_reid_optimizer,
+    fill_weight_decay,
     reid_optimizer,
     set_hyperparameters,
 )
@@ -49,6 +49,8 @@ from training.samplers import PKBatchSampler
 from training.schedules import cosine_schedule
 from training.transforms import reid_train_transform
 
+# The spec's SGD decay, and the usual ViT AdamW decay.
+WEIGHT_DECAY = {"sgd": 1e-4, "adamw": 0.05}
 LOGGED = ("loss", "cross_entropy", "triplet", "lr", "mAP", "rank1", "images_per_second")
 
 
@@ -70,12 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--drop_path_rate", type=float, default=0.1)
     model.add_argument("--reid_feature", choices=("before_neck", "after_neck"), default="before_neck")
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--optimizer", choices=REID_OPTIMIZERS, default="sgd",
-                       help="sgd: the paper's; adamw: learns far faster in short CPU runs from scratch")
-    optim.add_argument("--lr", type=float, default=4e-4, help="peak learning rate for a batch of 64 (not rescaled)")
-    optim.add_argument("--weight_decay", type=float, default=None,
-                       help=f"default {DEFAULT_WEIGHT_DECAY['sgd']} (sgd) / {DEFAULT_WEIGHT_DECAY['adamw']} (adamw)")
-    optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    add_optimizer_arguments(optim, lr=4e-4, weight_decay=WEIGHT_DECAY)
     optim.add_argument("--bias_lr_factor", type=float, default=2.0, help="SGD: biases at this x the learning rate")
     optim.add_argument("--warmup_epochs", type=float, default=1.0, help="20 in the paper's 120-epoch schedule")
     optim.add_argument("--warmup_start_factor", type=float, default=0.01)
@@ -85,11 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--triplet_weight", type=float, default=1.0)
     optim.add_argument("--ce_weight", type=float, default=1.0)
     add_evaluation_arguments(parser)
-    args = parser.parse_args(argv)
+    args = fill_weight_decay(parser.parse_args(argv), WEIGHT_DECAY)
     args.epochs = 8 if args.epochs is None else args.epochs
     args.batch_size = 64 if args.batch_size is None else args.batch_size
-    if args.weight_decay is None:
-        args.weight_decay = DEFAULT_WEIGHT_DECAY[args.optimizer]
     if args.batch_size % args.num_instances:
         parser.error(f"--batch_size {args.batch_size} is not a multiple of --num_instances {args.num_instances}")
     if args.data_dir:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -32,8 +32,33 @@ def bias_lr_groups(model: nn.Module, bias_lr_factor: float = 2.0) -> list[dict]:
 
 
 REID_OPTIMIZERS = ("sgd", "adamw")
-# The spec's SGD decay for the ReID recipe, and the usual ViT AdamW decay.
-DEFAULT_WEIGHT_DECAY = {"sgd": 1e-4, "adamw": 0.05}
+
+
+def add_optimizer_arguments(group: argparse._ArgumentGroup, *, lr: float, weight_decay: Mapping[str, float]) -> None:
+    """``--optimizer``, ``--lr``, ``--weight_decay`` and ``--momentum`` of a ReID script.
+
+    ``--weight_decay`` defaults to ``weight_decay[optimizer]``; :func:`fill_weight_decay` applies it after parsing.
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> add_optimizer_arguments(parser.add_argument_group("optimisation"), lr=1e-3,
+        ...                         weight_decay={"sgd": 1e-4, "adamw": 0.05})
+        >>> fill_weight_decay(parser.parse_args(["--optimizer", "adamw"]), {"sgd": 1e-4, "adamw": 0.05}).weight_decay
+        0.05
+    """
+    group.add_argument("--optimizer", choices=REID_OPTIMIZERS, default="sgd",
+                       help="sgd: the paper's; adamw: learns far faster in short CPU runs from scratch")
+    group.add_argument("--lr", type=float, default=lr, help="peak learning rate (not rescaled with the batch)")
+    group.add_argument("--weight_decay", type=float, default=None,
+                       help="default: " + ", ".join(f"{value} ({name})" for name, value in weight_decay.items()))
+    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+
+
+def fill_weight_decay(args: argparse.Namespace, weight_decay: Mapping[str, float]) -> argparse.Namespace:
+    """Give ``args.weight_decay`` its per-optimizer default when it was not set on the command line."""
+    if args.weight_decay is None:
+        args.weight_decay = weight_decay[args.optimizer]
+    return args
 
 
 def reid_optimizer(
@@ -48,8 +73,8 @@ def reid_optimizer(
     """The optimiser of a ReID script: ``"sgd"`` (spec §4: momentum, biases at ``bias_lr_factor`` x lr) or
     ``"adamw"`` (biases and 1-D tensors without weight decay).
 
-    AdamW is there for short CPU schedules: on SynthPerson a ViT-tiny trained from scratch for 252 steps reaches
-    16% mAP with AdamW (lr 1e-3) against 4% with the spec's SGD.
+    AdamW is there for short CPU schedules: on SynthPerson a ViT-tiny trained from scratch reaches 14.2% mAP in
+    the demo's 210 AdamW steps (lr 1e-3), against 4.0% after 252 steps of the spec's SGD (lr 0.01).
 
     Example:
         >>> optimizer = reid_optimizer(nn.Linear(4, 2), "adamw", lr=1e-3, weight_decay=0.05)

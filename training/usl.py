@@ -39,7 +39,13 @@ from pass_hub.evaluation import extract_features, preprocessing_transform
 from training import runtime
 from training.cluster_contrast import ClusterMemory, cluster_centroids, cluster_pseudo_labels
 from training.data import SeededTransformDataset
-from training.optim import REID_OPTIMIZERS, describe_reid_optimizer, reid_optimizer, set_hyperparameters
+from training.optim import (
+    add_optimizer_arguments,
+    describe_reid_optimizer,
+    fill_weight_decay,
+    reid_optimizer,
+    set_hyperparameters,
+)
 from training.reid import (
     BestModel,
     add_evaluation_arguments,
@@ -54,6 +60,8 @@ from training.samplers import PKBatchSampler
 from training.schedules import step_schedule
 from training.transforms import reid_train_transform
 
+# The paper's SGD decay; cluster-contrast's own code uses the same with Adam.
+WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 5e-4}
 LOGGED = ("loss", "lr", "clusters", "outlier_fraction", "label_ari", "mAP", "rank1", "images_per_second")
 
 
@@ -96,14 +104,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--iters_per_epoch", type=int, default=20,
                        help="optimizer steps per epoch, i.e. between two clusterings (200 in the original scripts)")
-    optim.add_argument("--optimizer", choices=REID_OPTIMIZERS, default="sgd",
-                       help="sgd: the paper's; adamw: learns far faster in short CPU runs")
-    optim.add_argument("--lr", type=float, default=3.5e-4, help="learning rate (not rescaled with the batch)")
+    add_optimizer_arguments(optim, lr=3.5e-4, weight_decay=WEIGHT_DECAY)
     optim.add_argument("--lr_step_epochs", type=int, default=20, help="learning rate x0.1 every this many epochs")
-    optim.add_argument("--weight_decay", type=float, default=5e-4)
-    optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     add_evaluation_arguments(parser)
-    args = parser.parse_args(argv)
+    args = fill_weight_decay(parser.parse_args(argv), WEIGHT_DECAY)
     args.epochs = 10 if args.epochs is None else args.epochs
     args.batch_size = 64 if args.batch_size is None else args.batch_size
     if args.batch_size % args.num_instances:
