@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -52,13 +53,15 @@ def test_outputs_of_a_run(tmp_path):
     history = _history(out)
     assert [entry["step"] for entry in history] == [1, 2, 3, 4]
     assert history[0]["lr"] == 0.0 and history[1]["lr"] > 0  # linear warm-up from zero
+    for entropy in ("teacher_entropy", "teacher_batch_entropy"):  # the collapse monitor, in [0, ln out_dim]
+        assert 0 <= history[-1][entropy] <= math.log(64) + 1e-6
     assert (out / "loss_curves.png").stat().st_size > 1000
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
     folder = out / "pass-vit-pretrained"
     model = AutoModel.from_pretrained(folder)
     assert model.config.image_size == (64, 32) and model.config.image_mean == (0.485, 0.456, 0.406)
     card = (folder / "README.md").read_text()
-    assert "4 steps" in card and "synthetic" in card and "Frozen-feature ReID" in card
+    assert "4 steps" in card and "synthetic" in card and "Frozen-feature ReID" in card and "EMA center" in card
     with pytest.raises(AssertionError, match="already holds checkpoints"):
         _run(["--output_dir", str(out), "--batch_size", "8", "--max_steps", "4"])
 
@@ -87,8 +90,9 @@ def test_a_partial_checkpoint_is_ignored_on_resume(tmp_path):
     assert json.loads((out / "results.json").read_text())["steps"] == 3
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    common = ["--max_steps", "3", "--drop_path_rate", "0", "--save_every_steps", "100"]
+@pytest.mark.parametrize("centering", ["ema", "sinkhorn_knopp"])
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, centering):
+    common = ["--max_steps", "3", "--drop_path_rate", "0", "--save_every_steps", "100", "--centering", centering]
     _run(["--output_dir", str(tmp_path / "one"), "--batch_size", "8", *common])
     launcher = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +14,14 @@ from PIL import Image
 from pass_hub.backbone import PassVisionTransformer
 from training.data import SeededTransformDataset, sample_seed
 from training.heads import DINOHead, PartAwareHeads
-from training.losses import part_aware_dino_loss, updated_centers
+from training.losses import (
+    centered_teacher_targets,
+    part_aware_cross_entropy,
+    part_aware_dino_loss,
+    sinkhorn_knopp_targets,
+    teacher_collapse_stats,
+    updated_centers,
+)
 from training.optim import clip_gradients_per_tensor, ema_update, set_hyperparameters, weight_decay_groups
 from training.pass_pretraining import PartAwareDINO
 from training.schedules import cosine_schedule, step_schedule, warmup_then_constant
@@ -90,6 +100,71 @@ def test_centers_are_an_ema_of_the_teacher_mean_per_token_type():
     assert torch.allclose(updated_centers(centers, teacher), expected)
     halved = updated_centers(centers, teacher, all_reduce_mean=lambda t: t / 2)
     assert torch.allclose(halved, centers * 0.9 + teacher.mean(dim=1) * 0.05)
+
+
+def test_the_loss_is_the_cross_entropy_against_centred_targets():
+    generator = torch.Generator().manual_seed(3)
+    teacher, student = (torch.randn(4, 6, 16, generator=generator) for _ in range(2))
+    local_cls, local_part = (torch.randn(27, 16, generator=generator) for _ in range(2))
+    centers = torch.randn(4, 16, generator=generator)
+    targets = centered_teacher_targets(teacher, centers, 0.04)
+    assert torch.allclose(targets, F.softmax((teacher - centers[:, None]) / 0.04, dim=-1))
+    expected = part_aware_dino_loss(teacher, student, local_cls, local_part, centers)
+    assert torch.equal(part_aware_cross_entropy(targets, student, local_cls, local_part), expected)
+
+
+def test_sinkhorn_knopp_spreads_a_batch_that_centering_sends_to_one_prototype():
+    generator = torch.Generator().manual_seed(0)
+    # Every image prefers prototype 0 and differs from the others only a little: a batch about to collapse.
+    teacher = torch.randn(2, 16, 8, generator=generator) * 0.01
+    teacher[..., 0] += 0.5
+    centred = centered_teacher_targets(teacher, torch.zeros(2, 8), 0.04)
+    assert (centred.argmax(dim=-1) == 0).all()
+    assert teacher_collapse_stats(centred)["teacher_batch_entropy"] < 0.01
+    spread = sinkhorn_knopp_targets(teacher, 0.04, iterations=100)
+    assert torch.allclose(spread.sum(dim=-1), torch.ones(2, 16), atol=1e-5)
+    assert torch.allclose(spread.sum(dim=1), torch.full((2, 8), 16 / 8), atol=1e-3)  # every prototype gets 2
+    assert teacher_collapse_stats(spread)["teacher_batch_entropy"] == pytest.approx(math.log(8), abs=1e-3)
+    # Sinkhorn-Knopp only rescales rows and columns of exp(output / T): the log-ratio is a row term + a column term.
+    ratio = spread.double().log() - teacher.double() / 0.04
+    interaction = ratio - ratio.mean(dim=1, keepdim=True) - ratio.mean(dim=2, keepdim=True) + ratio.mean((1, 2), True)
+    assert interaction.abs().max() < 1e-6
+
+
+def test_sinkhorn_knopp_over_two_processes_equals_one_process_with_the_whole_batch():
+    generator = torch.Generator().manual_seed(1)
+    teacher = torch.randn(4, 12, 10, generator=generator)
+    whole = sinkhorn_knopp_targets(teacher, 0.1)
+    barrier, shared, results = threading.Barrier(2), [None, None], [None, None]
+
+    def run(rank: int) -> None:
+        def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+            shared[rank] = tensor
+            barrier.wait()
+            total = shared[0] + shared[1]
+            barrier.wait()  # both have read before either writes its next tensor
+            return total
+
+        own_half = teacher[:, rank * 6 : (rank + 1) * 6]
+        results[rank] = sinkhorn_knopp_targets(own_half, 0.1, all_reduce_sum=all_reduce_sum)
+
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert torch.allclose(torch.cat(results, dim=1), whole, atol=1e-6)
+
+
+def test_collapse_stats_tell_the_two_collapses_apart():
+    uniform = torch.full((4, 8, 16), 1 / 16)
+    one_prototype = F.one_hot(torch.zeros(4, 8, dtype=torch.long), 16).float()
+    healthy = F.one_hot(torch.arange(8).expand(4, 8), 16).float()
+    stats = {name: teacher_collapse_stats(t) for name, t in [("uniform", uniform), ("one", one_prototype),
+                                                             ("healthy", healthy)]}
+    assert stats["uniform"] == pytest.approx({"teacher_entropy": math.log(16), "teacher_batch_entropy": math.log(16)})
+    assert stats["one"] == pytest.approx({"teacher_entropy": 0.0, "teacher_batch_entropy": 0.0}, abs=1e-6)
+    assert stats["healthy"] == pytest.approx({"teacher_entropy": 0.0, "teacher_batch_entropy": math.log(8)}, abs=1e-6)
 
 
 def test_stripes_and_views_geometry():

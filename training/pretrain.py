@@ -32,14 +32,24 @@ from pass_hub.model_card import render_model_card, results_table
 from training import runtime
 from training.data import SeededTransformDataset
 from training.heads import PartAwareHeads
-from training.losses import part_aware_dino_loss, updated_centers
+from training.losses import (
+    centered_teacher_targets,
+    part_aware_cross_entropy,
+    sinkhorn_knopp_targets,
+    teacher_collapse_stats,
+    updated_centers,
+)
 from training.optim import clip_gradients_per_tensor, ema_update, set_hyperparameters, weight_decay_groups
 from training.pass_pretraining import PartAwareDINO
 from training.schedules import cosine_schedule, warmup_then_constant
 from training.views import PassViews, ViewConfig
 
 MODEL_FOLDER = "pass-vit-pretrained"
-LOGGED = ("loss", "lr", "weight_decay", "momentum", "teacher_temp", "images_per_second")
+TARGETS_TEXT = {"ema": "centering with an EMA center (the paper)", "sinkhorn_knopp": "Sinkhorn-Knopp (DINOv2)"}
+LOGGED = (
+    "loss", "teacher_entropy", "teacher_batch_entropy", "lr", "weight_decay", "momentum", "teacher_temp",
+    "images_per_second",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,6 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--warmup_teacher_temp", type=float, default=0.04)
     optim.add_argument("--warmup_teacher_temp_epochs", type=float, default=0.0)
     optim.add_argument("--center_momentum", type=float, default=0.9)
+    optim.add_argument("--centering", choices=("ema", "sinkhorn_knopp"), default="ema",
+                       help="teacher targets: EMA centers (the paper) or Sinkhorn-Knopp (DINOv2), which cannot "
+                       "collapse and learns in short runs on little data")
     parser.add_argument("--skip_frozen_eval", action="store_true",
                         help="skip the frozen-feature ReID evaluation (run when the data has query/gallery splits)")
     args = parser.parse_args(argv)
@@ -191,6 +204,12 @@ def main(argv: list[str] | None = None) -> dict:
         f"global batch {global_batch}, {total_steps} steps" + (f", resumed from {resumed}" if resumed else "")
     )
 
+    def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+        return accelerator.reduce(tensor, "sum") if accelerator.num_processes > 1 else tensor
+
+    def reduced_mean(value: float) -> float:
+        return accelerator.reduce(torch.tensor(value, device=accelerator.device), "mean").item()
+
     unwrapped = accelerator.unwrap_model(student)
     monitor = runtime.RunMonitor(accelerator, args, state, checkpointer, total_steps, LOGGED, "pre-training")
     student.train()
@@ -201,12 +220,16 @@ def main(argv: list[str] | None = None) -> dict:
             crops_per_stripe = args.local_crops_per_stripe * (global_views.shape[0] // 2)
             stripes = torch.arange(view_config.num_stripes, device=local_views.device)
             stripes = stripes.repeat_interleave(crops_per_stripe)
+            teacher_temp = float(temp_schedule[step])
             with torch.no_grad():
                 teacher_out = teacher(global_views)
+                if args.centering == "sinkhorn_knopp":
+                    targets = sinkhorn_knopp_targets(teacher_out, teacher_temp, all_reduce_sum=all_reduce_sum)
+                else:
+                    targets = centered_teacher_targets(teacher_out, centers.centers, teacher_temp)
             out = student(global_views, local_views, stripes)
-            loss = part_aware_dino_loss(
-                teacher_out, out.global_out, out.local_cls, out.local_part, centers.centers,
-                student_temp=args.student_temp, teacher_temp=float(temp_schedule[step]),
+            loss = part_aware_cross_entropy(
+                targets, out.global_out, out.local_cls, out.local_part, student_temp=args.student_temp
             )
             if not math.isfinite(loss.item()):
                 raise SystemExit(f"loss is {loss.item()} at step {step}; stopping (lower --lr?)")
@@ -221,7 +244,9 @@ def main(argv: list[str] | None = None) -> dict:
                         param.grad = None
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            centers.update(teacher_out, args.center_momentum, accelerator)
+            collapse = teacher_collapse_stats(targets)
+            if args.centering == "ema":
+                centers.update(teacher_out, args.center_momentum, accelerator)
         if not accelerator.sync_gradients:
             continue
         ema_update(teacher, unwrapped, float(momentum_schedule[step]))
@@ -229,6 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
             {
                 "epoch": epoch,
                 "loss": accelerator.reduce(loss.detach(), "mean").item(),
+                **{name: reduced_mean(value) for name, value in collapse.items()},
                 "lr": float(lr_schedule[step]),
                 "weight_decay": float(wd_schedule[step]),
                 "momentum": float(momentum_schedule[step]),
@@ -313,7 +339,8 @@ def export_teacher(model: pass_hub.PassViTModel, args: argparse.Namespace, resul
         f"{results['steps']} steps with a global batch of {results['global_batch']} over {args.epochs} epochs; "
         f"AdamW, peak lr {args.lr} x batch/256 with {args.warmup_epochs} warm-up epochs then cosine to {args.min_lr}; "
         f"weight decay {args.weight_decay} -> {args.weight_decay_end}; teacher EMA {args.momentum_teacher} -> 1; "
-        f"{args.out_dim} prototypes per head; {args.local_crops_per_stripe} local crops per stripe; colour jitter "
+        f"{args.out_dim} prototypes per head; teacher targets by {TARGETS_TEXT[args.centering]}; "
+        f"{args.local_crops_per_stripe} local crops per stripe; colour jitter "
         f"x{args.colour_jitter} of the paper's, grayscale p {args.grayscale}; "
         f"input {args.image_size[0]}x{args.image_size[1]}; seed {args.seed}. The published weights are the teacher's."
     )
