@@ -91,8 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--warmup_teacher_temp_epochs", type=float, default=0.0)
     optim.add_argument("--center_momentum", type=float, default=0.9)
     optim.add_argument("--centering", choices=("ema", "sinkhorn_knopp"), default="ema",
-                       help="teacher targets: EMA centers (the paper) or Sinkhorn-Knopp (DINOv2), which cannot "
-                       "collapse and learns in short runs on little data")
+                       help="teacher targets: EMA centers (the paper) or Sinkhorn-Knopp (DINOv2), which spreads "
+                       "every batch over the prototypes and so cannot collapse")
     parser.add_argument("--skip_frozen_eval", action="store_true",
                         help="skip the frozen-feature ReID evaluation (run when the data has query/gallery splits)")
     args = parser.parse_args(argv)
