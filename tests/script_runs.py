@@ -39,8 +39,11 @@ def two_processes(port: int) -> list[str]:
     ]
 
 
-def kill_at_checkpoint(script: Path, args: list[str], checkpoint: Path) -> None:
-    """Start ``script`` and SIGKILL it as soon as ``checkpoint`` exists (a crash mid-run); check it really died."""
+def kill_then_resume(script: Path, args: list[str], output_dir: Path, step: int) -> None:
+    """Run ``script`` into ``output_dir``, SIGKILL it as soon as the checkpoint of ``step`` exists (a crash
+    mid-run; checked that it really died), then run it again with ``--resume`` to the end."""
+    args = [*args, "--output_dir", str(output_dir)]
+    checkpoint = output_dir / "checkpoints" / f"step_{step:08d}"
     process = subprocess.Popen([sys.executable, str(script), *args], env=script_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -49,7 +52,8 @@ def kill_at_checkpoint(script: Path, args: list[str], checkpoint: Path) -> None:
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not (checkpoint.parent.parent / "results.json").exists(), "the run finished before it was killed"
+    assert not (output_dir / "results.json").exists(), "the run finished before it was killed"
+    run_script(script, [*args, "--resume"])
 
 
 def assert_same_weights(expected: Path, actual: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 from huggingface_hub import ModelCard
-from script_runs import ROOT, assert_same_weights, kill_at_checkpoint, run_script, two_processes
+from script_runs import ROOT, assert_same_weights, kill_then_resume, run_script, two_processes
 from transformers import AutoImageProcessor, AutoModel
 
 import pass_hub
@@ -103,8 +103,7 @@ def test_sigkill_then_resume_gives_the_same_model(tmp_path):
     common = ["--epochs", "2", "--eval_every", "1", "--save_every_steps", "3", "--optimizer", "adamw", "--lr", "1e-3"]
     _run(["--output_dir", str(tmp_path / "straight"), *common])
     killed = tmp_path / "killed"
-    kill_at_checkpoint(SCRIPT, [*TOY, "--output_dir", str(killed), *common], killed / "checkpoints" / "step_00000003")
-    _run(["--output_dir", str(killed), *common, "--resume"])
+    kill_then_resume(SCRIPT, [*TOY, *common], killed, step=3)
 
     assert_same_weights(tmp_path / "straight" / "pass-vit-reid" / "model.safetensors",
                         killed / "pass-vit-reid" / "model.safetensors")

@@ -7,17 +7,16 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from safetensors.torch import load_file
-from script_runs import assert_same_weights, kill_at_checkpoint
+from script_runs import ROOT, assert_same_weights, kill_then_resume, run_script, two_processes
 from transformers import AutoModel
 
 import pass_hub  # noqa: F401  (registers the Auto classes used below)
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "training" / "pretrain.py"
 TOY = [
     "--data", "synthetic:train_ids=2,test_ids=1,unlabelled=48,distractors=0,image_size=64x32",
@@ -27,17 +26,8 @@ TOY = [
 ]
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    return env
-
-
 def _run(args: list[str], launcher: list[str] | None = None) -> subprocess.CompletedProcess:
-    command = (launcher or [sys.executable]) + [str(SCRIPT), *TOY, *args]
-    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return run_script(SCRIPT, [*TOY, *args], launcher)
 
 
 def _history(output_dir: Path) -> list[dict]:
@@ -71,10 +61,7 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
     _run(["--output_dir", str(tmp_path / "straight"), *common])
 
     killed = tmp_path / "killed"
-    # 12 batches per epoch: the kill at step 2 is mid-epoch too.
-    kill_at_checkpoint(SCRIPT, [*TOY, "--output_dir", str(killed), *common], killed / "checkpoints" / "step_00000002")
-
-    _run(["--output_dir", str(killed), *common, "--resume"])
+    kill_then_resume(SCRIPT, [*TOY, *common], killed, step=2)  # 12 batches per epoch: mid-epoch too
     assert_same_weights(tmp_path / "straight" / "pass-vit-pretrained" / "model.safetensors",
                         killed / "pass-vit-pretrained" / "model.safetensors")
     assert [e["loss"] for e in _history(killed)] == [e["loss"] for e in _history(tmp_path / "straight")]
@@ -94,17 +81,8 @@ def test_a_partial_checkpoint_is_ignored_on_resume(tmp_path):
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, centering):
     common = ["--max_steps", "3", "--drop_path_rate", "0", "--save_every_steps", "100", "--centering", centering]
     _run(["--output_dir", str(tmp_path / "one"), "--batch_size", "8", *common])
-    launcher = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-    ]
-    env_cpu = {"ACCELERATE_USE_CPU": "1"}
-    os.environ.update(env_cpu)
-    try:
-        _run(["--output_dir", str(tmp_path / "two"), "--batch_size", "4", *common], launcher=launcher)
-    finally:
-        for key in env_cpu:
-            os.environ.pop(key)
+    with mock.patch.dict(os.environ, {"ACCELERATE_USE_CPU": "1"}):
+        _run(["--output_dir", str(tmp_path / "two"), "--batch_size", "4", *common], launcher=two_processes(29517))
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert two["num_processes"] == 2 and two["global_batch"] == 8 and two["replicas_in_sync"]
     losses_one = [e["loss"] for e in _history(tmp_path / "one")]

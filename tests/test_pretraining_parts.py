@@ -102,15 +102,20 @@ def test_centers_are_an_ema_of_the_teacher_mean_per_token_type():
     assert torch.allclose(halved, centers * 0.9 + teacher.mean(dim=1) * 0.05)
 
 
-def test_the_loss_is_the_cross_entropy_against_centred_targets():
+def test_the_cross_entropy_takes_any_targets_and_the_loss_is_it_on_centred_ones():
     generator = torch.Generator().manual_seed(3)
     teacher, student = (torch.randn(4, 6, 16, generator=generator) for _ in range(2))
     local_cls, local_part = (torch.randn(27, 16, generator=generator) for _ in range(2))
     centers = torch.randn(4, 16, generator=generator)
-    targets = centered_teacher_targets(teacher, centers, 0.04)
-    assert torch.allclose(targets, F.softmax((teacher - centers[:, None]) / 0.04, dim=-1))
+    # Arbitrary targets: the loop reference turns log-probabilities x T with zero centers back into the same ones.
+    targets = F.softmax(torch.randn(4, 6, 16, generator=generator) * 3, dim=-1)
+    expected, _ = reference_loss(targets.log() * 0.04, student, local_cls, local_part, torch.zeros(4, 16), 3, 3,
+                                 0.1, 0.04)
+    got = part_aware_cross_entropy(targets, student, local_cls, local_part)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+    centred = centered_teacher_targets(teacher, centers, 0.04)
     expected = part_aware_dino_loss(teacher, student, local_cls, local_part, centers)
-    assert torch.equal(part_aware_cross_entropy(targets, student, local_cls, local_part), expected)
+    assert torch.equal(part_aware_cross_entropy(centred, student, local_cls, local_part), expected)
 
 
 def test_sinkhorn_knopp_spreads_a_batch_that_centering_sends_to_one_prototype():
