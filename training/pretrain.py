@@ -244,12 +244,12 @@ def main(argv: list[str] | None = None) -> dict:
                         param.grad = None
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            collapse = teacher_collapse_stats(targets)
             if args.centering == "ema":
                 centers.update(teacher_out, args.center_momentum, accelerator)
         if not accelerator.sync_gradients:
             continue
         ema_update(teacher, unwrapped, float(momentum_schedule[step]))
+        collapse = teacher_collapse_stats(targets)  # of the last micro-batch, like the logged loss
         monitor.step_done(
             {
                 "epoch": epoch,
