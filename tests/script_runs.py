@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def script_env() -> dict[str, str]:
+    # ACCELERATE_USE_CPU: the 2-process launch (gloo) must not look for GPUs; single processes run on CPU anyway.
     return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": str(ROOT)}
+            "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(ROOT)}
 
 
 def run_script(
@@ -32,7 +33,7 @@ def run_script(
 
 
 def two_processes(port: int) -> list[str]:
-    """``accelerate launch`` of two processes; run with ``ACCELERATE_USE_CPU=1`` in the environment."""
+    """``accelerate launch`` of two CPU processes (:func:`script_env` sets ``ACCELERATE_USE_CPU=1``)."""
     return [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 from unittest import mock
@@ -113,8 +112,7 @@ def test_sigkill_then_resume_gives_the_same_model(tmp_path):
 
 
 def test_two_processes(tmp_path):
-    with mock.patch.dict(os.environ, {"ACCELERATE_USE_CPU": "1"}):
-        _run(["--output_dir", str(tmp_path / "two"), "--max_steps", "2"], launcher=two_processes(29518))
+    _run(["--output_dir", str(tmp_path / "two"), "--max_steps", "2"], launcher=two_processes(29518))
     results = json.loads((tmp_path / "two" / "results.json").read_text())
     assert results["num_processes"] == 2 and results["global_batch"] == 16 and results["replicas_in_sync"]
     assert results["final"]["num_valid_queries"] == 4 * 2  # every query counted once despite the sharding

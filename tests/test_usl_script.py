@@ -4,10 +4,8 @@ clear errors, and two processes keeping the cluster memory and the weights ident
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import timm
@@ -134,8 +132,7 @@ def test_bad_inputs_give_clear_messages(tmp_path, capsys):
 
 
 def test_two_processes_keep_memory_and_weights_identical(tmp_path):
-    with mock.patch.dict(os.environ, {"ACCELERATE_USE_CPU": "1"}):
-        _run(["--output_dir", str(tmp_path / "two"), "--epochs", "2"], launcher=two_processes(29519))
+    _run(["--output_dir", str(tmp_path / "two"), "--epochs", "2"], launcher=two_processes(29519))
     results = json.loads((tmp_path / "two" / "results.json").read_text())
     # replicas_in_sync compares the parameters, the BatchNorm statistics and the memory's buffers.
     assert results["num_processes"] == 2 and results["global_batch"] == 16 and results["replicas_in_sync"]
