@@ -1,4 +1,5 @@
-"""training/pretrain.py end to end at toy size: outputs, SIGKILL + resume bit-identity, two processes (gloo)."""
+"""training/pretrain.py end to end at toy size: outputs, SIGKILL + resume bit-identity, two processes (gloo),
+gradient accumulation."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 from script_runs import ROOT, assert_same_weights, kill_then_resume, run_script, two_processes
 from transformers import AutoModel
@@ -88,3 +90,32 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ce
     one = load_file(tmp_path / "one" / "pass-vit-pretrained" / "model.safetensors")
     two_weights = load_file(tmp_path / "two" / "pass-vit-pretrained" / "model.safetensors")
     assert max((one[k] - two_weights[k]).abs().max().item() for k in one) < 1e-4
+
+
+def test_gradient_accumulation_matches_the_whole_batch(tmp_path):
+    # EMA centers: they must move once per optimiser step, on every micro-batch's teacher outputs.
+    common = ["--max_steps", "3", "--drop_path_rate", "0", "--save_every_steps", "100"]
+    _run(["--output_dir", str(tmp_path / "whole"), "--batch_size", "8", *common])
+    _run(["--output_dir", str(tmp_path / "accumulated"), "--batch_size", "4", "--gradient_accumulation_steps", "2",
+          *common])
+    accumulated = json.loads((tmp_path / "accumulated" / "results.json").read_text())
+    assert accumulated["global_batch"] == 8 and accumulated["steps"] == 3
+    losses_whole = [e["loss"] for e in _history(tmp_path / "whole")]
+    losses_accumulated = [e["loss"] for e in _history(tmp_path / "accumulated")]
+    assert losses_whole == pytest.approx(losses_accumulated, abs=2e-4)
+    whole = load_file(tmp_path / "whole" / "pass-vit-pretrained" / "model.safetensors")
+    accumulated_weights = load_file(tmp_path / "accumulated" / "pass-vit-pretrained" / "model.safetensors")
+    assert max((whole[k] - accumulated_weights[k]).abs().max().item() for k in whole) < 1e-4
+
+
+def test_bf16_autocast_on_the_cpu_and_fp16_falls_back_to_fp32_with_a_message(tmp_path):
+    common = ["--batch_size", "8", "--max_steps", "2", "--skip_frozen_eval"]
+    losses = {}
+    for precision in ("no", "bf16", "fp16"):
+        out = tmp_path / precision
+        result = _run(["--output_dir", str(out), "--mixed_precision", precision, *common])
+        losses[precision] = [e["loss"] for e in _history(out)]
+        assert load_file(out / "pass-vit-pretrained" / "model.safetensors")["vit.cls_token"].dtype == torch.float32
+    assert losses["bf16"] != losses["no"]  # autocast really ran (bf16 keeps 8 mantissa bits) ...
+    assert losses["bf16"] == pytest.approx(losses["no"], rel=0.02)  # ... and changed little
+    assert losses["fp16"] == losses["no"] and "runs in fp32 on a CPU" in result.stdout

@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     monitor = runtime.RunMonitor(accelerator, args, state, checkpointer, total_steps, LOGGED, "fine-tuning")
     model.train()  # evaluate_model gives the model its training mode back
+    step_means = runtime.StepMeans()
     for epoch, batch in monitor.batches(loader, steps_per_epoch, dataset, sampler):
         step = state.step
         with accelerator.accumulate(model):
@@ -164,15 +165,10 @@ def main(argv: list[str] | None = None) -> dict:
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            step_means.add(loss=loss, cross_entropy=out.loss, triplet=triplet)
         if not accelerator.sync_gradients:
             continue
-        values = {
-            "epoch": epoch,
-            "loss": accelerator.reduce(loss.detach(), "mean").item(),
-            "cross_entropy": accelerator.reduce(out.loss.detach(), "mean").item(),
-            "triplet": accelerator.reduce(triplet.detach(), "mean").item(),
-            "lr": float(lr_schedule[step]),
-        }
+        values = {"epoch": epoch, **step_means.pop(accelerator), "lr": float(lr_schedule[step])}
         end_of_epoch = (step + 1) % steps_per_epoch == 0
         if args.eval_every and end_of_epoch and (epoch + 1) % args.eval_every == 0 and step + 1 < total_steps:
             evaluation = evaluate(model, data, args, accelerator, progress=False, return_per_query=True)

@@ -92,7 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--center_momentum", type=float, default=0.9)
     optim.add_argument("--centering", choices=("ema", "sinkhorn_knopp"), default="ema",
                        help="teacher targets: EMA centers (the paper) or Sinkhorn-Knopp (DINOv2), which spreads "
-                       "every batch over the prototypes and so cannot collapse")
+                       "every batch over the prototypes and so cannot collapse (with gradient accumulation, "
+                       "every micro-batch)")
     parser.add_argument("--skip_frozen_eval", action="store_true",
                         help="skip the frozen-feature ReID evaluation (run when the data has query/gallery splits)")
     args = parser.parse_args(argv)
@@ -213,6 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     unwrapped = accelerator.unwrap_model(student)
     monitor = runtime.RunMonitor(accelerator, args, state, checkpointer, total_steps, LOGGED, "pre-training")
     student.train()
+    step_means = runtime.StepMeans()
     for epoch, batch in monitor.batches(loader, steps_per_epoch, dataset, loader):
         step = state.step
         with accelerator.accumulate(student):
@@ -221,8 +223,8 @@ def main(argv: list[str] | None = None) -> dict:
             stripes = torch.arange(view_config.num_stripes, device=local_views.device)
             stripes = stripes.repeat_interleave(crops_per_stripe)
             teacher_temp = float(temp_schedule[step])
-            with torch.no_grad():
-                teacher_out = teacher(global_views)
+            with torch.no_grad(), accelerator.autocast():  # the student's precision (prepare() wraps only it)
+                teacher_out = teacher(global_views).float()
                 if args.centering == "sinkhorn_knopp":
                     targets = sinkhorn_knopp_targets(teacher_out, teacher_temp, all_reduce_sum=all_reduce_sum)
                 else:
@@ -244,16 +246,19 @@ def main(argv: list[str] | None = None) -> dict:
                         param.grad = None
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            step_means.add(loss=loss)
             if args.centering == "ema":
-                centers.update(teacher_out, args.center_momentum, accelerator)
+                centers.collect(teacher_out)
         if not accelerator.sync_gradients:
             continue
+        if args.centering == "ema":
+            centers.update(args.center_momentum, accelerator)
         ema_update(teacher, unwrapped, float(momentum_schedule[step]))
-        collapse = teacher_collapse_stats(targets)  # of the last micro-batch, like the logged loss
+        collapse = teacher_collapse_stats(targets)  # of the last micro-batch
         monitor.step_done(
             {
                 "epoch": epoch,
-                "loss": accelerator.reduce(loss.detach(), "mean").item(),
+                **step_means.pop(accelerator),
                 **{name: reduced_mean(value) for name, value in collapse.items()},
                 "lr": float(lr_schedule[step]),
                 "weight_decay": float(wd_schedule[step]),
@@ -293,18 +298,29 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 class CentersState(torch.nn.Module):
-    """The four DINO centers (CLS, PART1-3), kept identical on every process and saved in checkpoints."""
+    """The four DINO centers (CLS, PART1-3), kept identical on every process and saved in checkpoints.
+
+    They move once per optimiser step, on the teacher outputs of all its micro-batches, so that gradient
+    accumulation uses the centers a batch of the whole size would (``collect`` each micro-batch, then ``update``).
+    """
 
     def __init__(self, token_types: int, out_dim: int) -> None:
         super().__init__()
         self.register_buffer("centers", torch.zeros(token_types, out_dim))
+        self.step_outputs: list[torch.Tensor] = []
 
     @torch.no_grad()
-    def update(self, teacher_out: torch.Tensor, momentum: float, accelerator) -> None:
+    def collect(self, teacher_out: torch.Tensor) -> None:
+        self.step_outputs.append(teacher_out.detach())
+
+    @torch.no_grad()
+    def update(self, momentum: float, accelerator) -> None:
         def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
             return accelerator.reduce(tensor, "mean") if accelerator.num_processes > 1 else tensor
 
-        self.centers.copy_(updated_centers(self.centers, teacher_out, momentum, all_reduce_mean))
+        step_out = torch.cat(self.step_outputs, dim=1)
+        self.step_outputs.clear()
+        self.centers.copy_(updated_centers(self.centers, step_out, momentum, all_reduce_mean))
 
 
 def method_name(args: argparse.Namespace) -> str:

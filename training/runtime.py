@@ -43,7 +43,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, default_output_dir: st
     run.add_argument("--gradient_accumulation_steps", type=int, default=1)
     run.add_argument("--num_workers", type=int, default=2, help="DataLoader workers per process")
     run.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
-                     help="overrides accelerate's config; fp32 ('no') is the sensible choice on a CPU")
+                     help="overrides accelerate's config; on a CPU fp16 falls back to fp32, and bf16 pays off only "
+                     "with bf16 units (AMX)")
     run.add_argument("--resume", nargs="?", const="latest", default=None,
                      help="resume from the latest checkpoint in output_dir, or from the given checkpoint folder")
     run.add_argument("--save_every_steps", type=int, default=100, help="checkpoint period in optimizer steps")
@@ -79,8 +80,36 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
+    if accelerator.device.type == "cpu" and accelerator.mixed_precision == "fp16":
+        # accelerate drops fp16 autocast on a CPU without a word; bf16 is the CPU's mixed precision.
+        accelerator.print("--mixed_precision fp16 runs in fp32 on a CPU; use bf16 for mixed precision here")
     set_seed(args.seed)
     return accelerator
+
+
+class StepMeans:
+    """Values averaged over the micro-batches of one optimiser step, then over processes, for the log.
+
+    With gradient accumulation the step's loss is the mean of its micro-batches' losses, as the gradient is.
+
+    Example:
+        >>> means = StepMeans()
+        >>> means.add(loss=torch.tensor(1.0)); means.add(loss=torch.tensor(3.0))
+        >>> means.pop(Accelerator(cpu=True))
+        {'loss': 2.0}
+    """
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[torch.Tensor]] = {}
+
+    def add(self, **values: torch.Tensor) -> None:
+        for name, value in values.items():
+            self.values.setdefault(name, []).append(value.detach())
+
+    def pop(self, accelerator: Accelerator) -> dict[str, float]:
+        means = {name: accelerator.reduce(torch.stack(v).mean(), "mean").item() for name, v in self.values.items()}
+        self.values.clear()
+        return means
 
 
 class TrainingState:

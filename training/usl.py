@@ -255,6 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     monitor = runtime.RunMonitor(accelerator, args, state, checkpointer, total_steps, LOGGED, setting)
     model.train()
+    step_means = runtime.StepMeans()
     while not monitor.finished:
         epoch = state.step // steps_per_epoch
         # A run resumed mid-epoch finds this epoch's clusters in its checkpoint (the model has moved on since).
@@ -273,10 +274,10 @@ def main(argv: list[str] | None = None) -> dict:
                 optimizer.zero_grad(set_to_none=True)
                 # Every process applies the update of the whole global batch: the memories stay identical.
                 memory.update(accelerator.gather(embeddings.detach()), accelerator.gather(batch["label"]))
+                step_means.add(loss=loss)
             if not accelerator.sync_gradients:
                 continue
-            values = {"epoch": epoch, "loss": accelerator.reduce(loss.detach(), "mean").item(),
-                      "lr": float(lr_schedule[step]), **statistics}
+            values = {"epoch": epoch, **step_means.pop(accelerator), "lr": float(lr_schedule[step]), **statistics}
             statistics = {}
             end_of_epoch = (step + 1) % steps_per_epoch == 0
             if args.eval_every and end_of_epoch and (epoch + 1) % args.eval_every == 0 and step + 1 < total_steps:
