@@ -1,10 +1,10 @@
 """timm registry entries ``pass_vit_tiny`` / ``pass_vit_small`` / ``pass_vit_base`` (patch 16, 256x128).
 
-Registered when ``pass_hub`` is imported:
+Registered when ``pass_hub`` is imported (the second line loads a pass-hub folder):
 
     >>> import pass_hub, timm
     >>> model = timm.create_model("pass_vit_small", num_classes=0)  # ReID embedding of 768 values
-    >>> model = timm.create_model("local-dir:out/pass-vit-s16", pretrained=True)  # a pass-hub folder
+    >>> model = timm.create_model("local-dir:out/pass-vit-s16", pretrained=True)  # doctest: +SKIP
 
 ``checkpoint_filter_fn`` accepts every weight layout a user may hold: a pass-hub hub folder (backbone or
 fine-tuned ReID model), the original PASS pre-training checkpoint, the original flat backbone and the
