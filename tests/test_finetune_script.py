@@ -1,4 +1,5 @@
-"""training/finetune.py end to end at toy size: outputs and card, init and resampling, errors, 2 processes, push."""
+"""training/finetune.py end to end at toy size: outputs and card, init and resampling, errors, 2 processes,
+gradient accumulation, push."""
 
 from __future__ import annotations
 
@@ -116,6 +117,16 @@ def test_two_processes(tmp_path):
     results = json.loads((tmp_path / "two" / "results.json").read_text())
     assert results["num_processes"] == 2 and results["global_batch"] == 16 and results["replicas_in_sync"]
     assert results["final"]["num_valid_queries"] == 4 * 2  # every query counted once despite the sharding
+
+
+def test_gradient_accumulation_takes_one_optimiser_step_per_two_batches(tmp_path):
+    results = {}
+    for accumulation in (1, 2):
+        out = tmp_path / f"accumulate{accumulation}"
+        _run(["--output_dir", str(out), "--epochs", "1", "--gradient_accumulation_steps", str(accumulation)])
+        results[accumulation] = json.loads((out / "results.json").read_text())
+    assert results[1]["steps"] >= 2 and results[2]["steps"] == results[1]["steps"] // 2
+    assert results[2]["global_batch"] == 2 * results[1]["global_batch"]
 
 
 def test_push_uploads_a_checked_folder(toy_run, tmp_path):
