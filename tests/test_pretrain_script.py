@@ -34,6 +34,13 @@ def _history(output_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def _assert_same_run(expected: Path, actual: Path) -> None:
+    """Two runs of the same global batch logged the same losses and exported the same teacher, to tolerance."""
+    assert [e["loss"] for e in _history(expected)] == pytest.approx([e["loss"] for e in _history(actual)], abs=2e-4)
+    first, second = (load_file(run / "pass-vit-pretrained" / "model.safetensors") for run in (expected, actual))
+    assert max((first[k] - second[k]).abs().max().item() for k in first) < 1e-4
+
+
 def test_outputs_of_a_run(tmp_path):
     out = tmp_path / "run"
     _run(["--output_dir", str(out), "--batch_size", "8", "--max_steps", "4", "--save_every_steps", "2"])
@@ -84,12 +91,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ce
     _run(["--output_dir", str(tmp_path / "two"), "--batch_size", "4", *common], launcher=two_processes(29517))
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert two["num_processes"] == 2 and two["global_batch"] == 8 and two["replicas_in_sync"]
-    losses_one = [e["loss"] for e in _history(tmp_path / "one")]
-    losses_two = [e["loss"] for e in _history(tmp_path / "two")]
-    assert losses_one == pytest.approx(losses_two, abs=2e-4)
-    one = load_file(tmp_path / "one" / "pass-vit-pretrained" / "model.safetensors")
-    two_weights = load_file(tmp_path / "two" / "pass-vit-pretrained" / "model.safetensors")
-    assert max((one[k] - two_weights[k]).abs().max().item() for k in one) < 1e-4
+    _assert_same_run(tmp_path / "one", tmp_path / "two")
 
 
 def test_gradient_accumulation_matches_the_whole_batch(tmp_path):
@@ -100,22 +102,17 @@ def test_gradient_accumulation_matches_the_whole_batch(tmp_path):
           *common])
     accumulated = json.loads((tmp_path / "accumulated" / "results.json").read_text())
     assert accumulated["global_batch"] == 8 and accumulated["steps"] == 3
-    losses_whole = [e["loss"] for e in _history(tmp_path / "whole")]
-    losses_accumulated = [e["loss"] for e in _history(tmp_path / "accumulated")]
-    assert losses_whole == pytest.approx(losses_accumulated, abs=2e-4)
-    whole = load_file(tmp_path / "whole" / "pass-vit-pretrained" / "model.safetensors")
-    accumulated_weights = load_file(tmp_path / "accumulated" / "pass-vit-pretrained" / "model.safetensors")
-    assert max((whole[k] - accumulated_weights[k]).abs().max().item() for k in whole) < 1e-4
+    _assert_same_run(tmp_path / "whole", tmp_path / "accumulated")
 
 
 def test_bf16_autocast_on_the_cpu_and_fp16_falls_back_to_fp32_with_a_message(tmp_path):
     common = ["--batch_size", "8", "--max_steps", "2", "--skip_frozen_eval"]
-    losses = {}
+    losses, stdout = {}, {}
     for precision in ("no", "bf16", "fp16"):
         out = tmp_path / precision
-        result = _run(["--output_dir", str(out), "--mixed_precision", precision, *common])
+        stdout[precision] = _run(["--output_dir", str(out), "--mixed_precision", precision, *common]).stdout
         losses[precision] = [e["loss"] for e in _history(out)]
         assert load_file(out / "pass-vit-pretrained" / "model.safetensors")["vit.cls_token"].dtype == torch.float32
     assert losses["bf16"] != losses["no"]  # autocast really ran (bf16 keeps 8 mantissa bits) ...
     assert losses["bf16"] == pytest.approx(losses["no"], rel=0.02)  # ... and changed little
-    assert losses["fp16"] == losses["no"] and "runs in fp32 on a CPU" in result.stdout
+    assert losses["fp16"] == losses["no"] and "runs in fp32 on a CPU" in stdout["fp16"]
