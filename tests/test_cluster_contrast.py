@@ -12,6 +12,7 @@ from sklearn.cluster import DBSCAN
 from pass_hub.reranking import jaccard_distance, jaccard_neighbours
 from training.cluster_contrast import (
     ClusterMemory,
+    center_per_camera,
     cluster_centroids,
     cluster_contrast_loss,
     cluster_pseudo_labels,
@@ -59,6 +60,35 @@ def test_pseudo_labels_recover_known_clusters_and_drop_outliers():
     assert sorted(set(labels[labels >= 0].tolist())) == list(range(6))
     pairs = set(zip(truth[truth >= 0].tolist(), labels[labels >= 0].tolist(), strict=True))
     assert len(pairs) == 6  # one label per true cluster and vice versa
+
+
+def test_center_per_camera_matches_a_loop_over_cameras():
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(30, 8, generator=generator) * 3
+    camids = np.array([5, 1, 1, 7, 5, 1] * 5)
+    expected = F.normalize(features, dim=1)
+    for camera in set(camids.tolist()):
+        rows = torch.from_numpy(camids == camera)
+        expected[rows] -= expected[rows].mean(dim=0)
+    torch.testing.assert_close(center_per_camera(features, camids), F.normalize(expected, dim=1))
+
+
+def test_camera_centering_makes_clusters_follow_people_not_cameras():
+    # Each image = a strong offset of its camera + a weaker signature of its person, seen by every camera.
+    rng = np.random.default_rng(4)
+    people, cameras, shots = 6, 3, 4
+    person = rng.normal(size=(people, 32))
+    camera = 3 * rng.normal(size=(cameras, 32))
+    pids, camids = np.divmod(np.arange(people * cameras * shots) // shots, cameras)
+    noise = 0.1 * rng.normal(size=(len(pids), 32))
+    features = torch.from_numpy((person[pids] + camera[camids] + noise).astype(np.float32))
+    raw = cluster_pseudo_labels(features, eps=0.6, min_samples=3, k1=10, k2=2)
+    centred = cluster_pseudo_labels(center_per_camera(features, camids), eps=0.6, min_samples=3, k1=10, k2=2)
+    # Without: each cluster holds one camera and several people.
+    raw_pairs = set(zip(raw.tolist(), camids.tolist(), strict=True))
+    assert len(raw_pairs) == len(set(raw.tolist())) < people * cameras
+    assert (centred >= 0).all()
+    assert len(set(zip(centred.tolist(), pids.tolist(), strict=True))) == len(set(centred.tolist())) == people
 
 
 def test_centroids_are_normalised_means_of_normalised_features():

@@ -88,13 +88,14 @@ def test_uda_from_a_fine_tuned_folder(tmp_path):
     assert not reid.load_initial_backbone("pass_vit_tiny").fine_tuned
 
     out = tmp_path / "uda"
-    _run(["--output_dir", str(out), "--init", str(source), "--max_steps", "1",
+    _run(["--output_dir", str(out), "--init", str(source), "--max_steps", "1", "--camera_centering",
           "--dataset", TOY_DATA.replace("synthetic:", "synthetic:domain=1,")])
     results = json.loads((out / "results.json").read_text())
     assert results["setting"] == "UDA" and results["source_dataset"] == "market1501"
     text = ModelCard.load(out / "pass-vit-reid" / "README.md").text
     assert "(unsupervised domain adaptation, UDA) from the labelled source dataset `market1501`" in text
     assert "UDA: source `market1501` (labelled) -> target `synthetic:domain=1," in text
+    assert "after neck feature, minus the mean feature of its camera (" in text
 
 
 def test_resume_mid_epoch_gives_the_same_weights(tmp_path):

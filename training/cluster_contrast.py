@@ -43,6 +43,28 @@ def cluster_pseudo_labels(
     return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(graph).astype(np.int64)
 
 
+def center_per_camera(features: torch.Tensor, camids: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``features`` (N, D) minus the mean feature of their camera, L2-normalised again.
+
+    Features of one camera share its background and lighting; taking that shared part away makes clusters follow
+    people rather than cameras (the idea behind camera-based normalisation, Zhuang et al., ECCV 2020).
+
+    Example:
+        >>> features = torch.tensor([[1.0, 0.1], [1.0, -0.1], [0.1, 1.0], [-0.1, 1.0]])
+        >>> center_per_camera(features, np.array([0, 0, 1, 1]))
+        tensor([[ 0.,  1.],
+                [ 0., -1.],
+                [ 1.,  0.],
+                [-1.,  0.]])
+    """
+    camids = torch.as_tensor(camids, device=features.device)
+    features = F.normalize(features.float(), dim=1)
+    cameras, index = torch.unique(camids, return_inverse=True)
+    sums = torch.zeros(len(cameras), features.shape[1], device=features.device).index_add_(0, index, features)
+    means = sums / torch.bincount(index, minlength=len(cameras)).unsqueeze(1)
+    return F.normalize(features - means[index], dim=1)
+
+
 def cluster_centroids(features: torch.Tensor, labels: np.ndarray | torch.Tensor) -> torch.Tensor:
     """(C, D) L2-normalised mean of the L2-normalised features of each cluster ``0..C-1``; outliers (-1) ignored."""
     labels = torch.as_tensor(labels, device=features.device)

@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's `trainin
 import pass_hub
 from pass_hub.evaluation import extract_features, preprocessing_transform
 from training import runtime
-from training.cluster_contrast import ClusterMemory, cluster_centroids, cluster_pseudo_labels
+from training.cluster_contrast import ClusterMemory, center_per_camera, cluster_centroids, cluster_pseudo_labels
 from training.data import SeededTransformDataset
 from training.optim import (
     add_optimizer_arguments,
@@ -98,6 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cluster.add_argument("--min_samples", type=int, default=4, help="DBSCAN neighbours of a core point (self included)")
     cluster.add_argument("--k1", type=int, default=30, help="k-reciprocal neighbourhood size")
     cluster.add_argument("--k2", type=int, default=6, help="neighbours of the local query expansion")
+    cluster.add_argument("--camera_centering", action="store_true",
+                         help="cluster features minus their camera's mean feature (images without a camera "
+                              "count as one; the memory keeps the raw features); not in the paper, helps when "
+                              "cameras differ more than people")
     cluster.add_argument("--temperature", type=float, default=0.05, help="softmax temperature of the loss")
     cluster.add_argument("--memory_momentum", type=float, default=0.2,
                          help="weight of the old centroid in the hardest-instance update")
@@ -169,7 +173,8 @@ def make_clusters(model, split, memory: ClusterMemory, epoch: int, args, acceler
     features = embed_split(model, split, args, accelerator)
     payload: list[Any] = [None]
     if accelerator.is_main_process:
-        labels = cluster_pseudo_labels(features, eps=args.eps, min_samples=args.min_samples, k1=args.k1, k2=args.k2)
+        clustered = center_per_camera(features, split["camid"]) if args.camera_centering else features
+        labels = cluster_pseudo_labels(clustered, eps=args.eps, min_samples=args.min_samples, k1=args.k1, k2=args.k2)
         payload = [(labels, cluster_centroids(features, labels))]
     labels, centroids = broadcast_object_list(payload)[0]
     clusters, outliers = int(labels.max(initial=-1)) + 1, float(np.mean(labels < 0))
@@ -335,6 +340,7 @@ def card_text(args: argparse.Namespace, results: dict[str, Any], setting: str, s
         f"{results['train_images']} training images every {args.iters_per_epoch} steps: DBSCAN (eps {args.eps}, "
         f"min samples {args.min_samples}) on k-reciprocal Jaccard distances (k1 {args.k1}, k2 {args.k2}) of the "
         f"L2-normalised {args.reid_feature.replace('_', ' ')} feature"
+        + (", minus the mean feature of its camera" if args.camera_centering else "")
         + (f" ({int(last['clusters'])} clusters, {100 * last['outlier_fraction']:.0f}% outliers at the last "
            "clustering)" if last else "")
         + f"; cluster-contrast loss (temperature {args.temperature}) against a centroid memory with hardest-"
