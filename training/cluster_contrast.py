@@ -57,12 +57,15 @@ def center_per_camera(features: torch.Tensor, camids: np.ndarray | torch.Tensor)
                 [ 1.,  0.],
                 [-1.,  0.]])
     """
-    camids = torch.as_tensor(camids, device=features.device)
     features = F.normalize(features.float(), dim=1)
-    cameras, index = torch.unique(camids, return_inverse=True)
-    sums = torch.zeros(len(cameras), features.shape[1], device=features.device).index_add_(0, index, features)
-    means = sums / torch.bincount(index, minlength=len(cameras)).unsqueeze(1)
+    cameras, index = torch.unique(torch.as_tensor(camids, device=features.device), return_inverse=True)
+    means = _sums_by_group(features, index, len(cameras)) / torch.bincount(index, minlength=len(cameras)).unsqueeze(1)
     return F.normalize(features - means[index], dim=1)
+
+
+def _sums_by_group(features: torch.Tensor, index: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """(num_groups, D) sums of the rows of ``features`` that ``index`` puts in each group."""
+    return torch.zeros(num_groups, features.shape[1], device=features.device).index_add_(0, index, features)
 
 
 def cluster_centroids(features: torch.Tensor, labels: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -71,8 +74,7 @@ def cluster_centroids(features: torch.Tensor, labels: np.ndarray | torch.Tensor)
     kept = labels >= 0
     num_clusters = int(labels.max()) + 1 if kept.any() else 0
     features = F.normalize(features.float(), dim=1)[kept]
-    sums = torch.zeros(num_clusters, features.shape[1], device=features.device).index_add_(0, labels[kept], features)
-    return F.normalize(sums, dim=1)
+    return F.normalize(_sums_by_group(features, labels[kept], num_clusters), dim=1)
 
 
 def cluster_contrast_loss(
