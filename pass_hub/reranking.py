@@ -2,7 +2,7 @@
 
 The algorithm, on all N = Q + G features (queries first):
 
-1. original distance d (squared Euclidean or cosine, as in :class:`pass_hub.metrics.FeatureDistance`), each row
+1. original distance d (squared Euclidean or cosine, as in :class:`pass_hub.distances.FeatureDistance`), each row
    divided by its maximum; neighbours ranked by (distance, index);
 2. R(i, k): the k-nearest neighbours j of i (i included) that have i among their own k-nearest;
 3. R*(i) = R(i, k1) plus, for every candidate c in it, R(c, round(k1 / 2)) when more than 2/3 of that set
@@ -15,6 +15,12 @@ The algorithm, on all N = Q + G features (queries first):
 ``round`` is Python's (half to even, like ``numpy.around``). Here V is float32 and the Jaccard sums are
 float64: results agree with a dense float64 computation to ~1e-6 (tests: 2e-6). Implementations that store V
 in float16 to save memory differ from both at the ~1e-3 level.
+
+The clustering code of cluster-contrast (and of PASS's USL / UDA) computes the Jaccard distance with two
+differences, selected by ``convention="cluster_contrast"``: its neighbour lists hold k1 items *including* the
+image itself (R(i, k1) is the k-reciprocal set of those k1, where re-ranking looks at k1 + 1), and the weights
+are ``softmax(-d)`` over R*(i) on the raw distances (squared Euclidean of L2-normalised features,
+``2 - 2 f_i.f_j``), not ``exp(-d / row max)``. R(c, k1 / 2) still looks at round(k1 / 2) + 1 items.
 
 Memory: no dense N x N matrix is ever built. Neighbours come from blocks of ~8M distances (``topk``), V keeps
 only its k-reciprocal entries (sparse rows; tens to a few hundred per row), and Jaccard distances are computed
@@ -38,7 +44,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .metrics import (
+from .distances import (
     BLOCK_ELEMENTS,
     ArrayLike,
     FeatureDistance,
@@ -55,6 +61,8 @@ if TYPE_CHECKING:
 JACCARD_PAIRS = 1 << 22
 # Feature pairs whose distances are computed at once for the k-reciprocal weights.
 WEIGHT_PAIRS = 1 << 14
+# "reranking": Zhong et al. 2017 (evaluation); "cluster_contrast": the clustering code of the USL / UDA recipes.
+JACCARD_CONVENTIONS = ("reranking", "cluster_contrast")
 
 
 def _ragged_positions(starts: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,10 +129,11 @@ def _reciprocal(neighbours: torch.Tensor) -> torch.Tensor:
     return reciprocal
 
 
-def _expanded_sets(neighbours: torch.Tensor, k1: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """R*(i) of every item as sorted (row, column) pairs: R(i, k1) expanded by its candidates' R(c, k1 / 2)."""
-    reciprocal = _reciprocal(neighbours[:, : k1 + 1])
-    half = _reciprocal(neighbours[:, : round(k1 / 2) + 1])
+def _expanded_sets(neighbours: torch.Tensor, full: int, half: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """R*(i) of every item as sorted (row, column) pairs: the k-reciprocal set among the first ``full`` neighbours,
+    expanded by its candidates' k-reciprocal sets among their first ``half``."""
+    reciprocal = _reciprocal(neighbours[:, :full])
+    half = _reciprocal(neighbours[:, :half])
     half_size = (half >= 0).sum(dim=1)
     rows_out, columns_out = [], []
     for rows in _row_chunks(len(neighbours), reciprocal.shape[1] ** 2 * half.shape[1]):
@@ -153,27 +162,37 @@ class KReciprocalEncoding:
         k1: Size of the k-reciprocal neighbourhoods.
         k2: Neighbours averaged by local query expansion (1: none).
         chunk_size: Rows per distance block (default: ~8M distances per block).
+        convention: ``"reranking"`` or ``"cluster_contrast"`` (module docstring).
     """
 
     def __init__(
-        self, metric: FeatureDistance, features: PreparedFeatures, k1: int, k2: int, chunk_size: int | None = None
+        self,
+        metric: FeatureDistance,
+        features: PreparedFeatures,
+        k1: int,
+        k2: int,
+        chunk_size: int | None = None,
+        convention: str = "reranking",
     ) -> None:
         check_integer(k1, "k1", 1)
         check_integer(k2, "k2", 1)
+        if convention not in JACCARD_CONVENTIONS:
+            raise ValueError(f"convention must be one of {JACCARD_CONVENTIONS}, got {convention!r}")
         num = len(features)
         self.num_items = num
         self.chunk_size = chunk_size or max(1, BLOCK_ELEMENTS // num)
+        full = k1 + 1 if convention == "reranking" else k1
         # Lists are cut at the number of items, as slicing a full argsort would.
-        depth = min(max(k1 + 1, k2), num)
+        depth = min(max(full, k2), num)
         neighbours, self.row_max = _nearest_neighbours(metric, features, depth, self.chunk_size)
-        rows, columns = _expanded_sets(neighbours, k1)
+        rows, columns = _expanded_sets(neighbours, full, round(k1 / 2) + 1)
         weights = torch.cat(
             [
                 metric.paired(features.select(rows[span]), features.select(columns[span]))
                 for span in torch.arange(len(rows)).split(WEIGHT_PAIRS)
             ]
         )
-        weights = torch.exp(-weights / self.row_max[rows])
+        weights = torch.exp(-weights / self.row_max[rows] if convention == "reranking" else -weights)
         weights /= torch.zeros(num).index_add_(0, rows, weights)[rows]
         vectors = _SparseRows.from_sorted(rows, columns, weights, num)
         self.vectors = vectors if k2 == 1 else self._expand(vectors, neighbours[:, :k2])
@@ -220,7 +239,7 @@ class KReciprocalReranker:
     Args:
         query_features: (Q, D) features (numpy or torch, any real dtype); ``gallery_features``: (G, D).
         k1, k2, lambda_value: The re-ranking parameters (defaults 20, 6, 0.3).
-        distance, normalize: The original distance, as in :class:`pass_hub.metrics.FeatureDistance`.
+        distance, normalize: The original distance, as in :class:`pass_hub.distances.FeatureDistance`.
         chunk_size: Rows per distance block (default: ~8M distances per block).
 
     Example:
@@ -295,12 +314,12 @@ class KReciprocalReranker:
 
 
 def _jaccard_blocks(
-    features: ArrayLike, k1: int, k2: int, distance: str, normalize: bool
+    features: ArrayLike, k1: int, k2: int, distance: str, normalize: bool, convention: str
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(row indices, their (rows, N) float32 Jaccard distances to every item), block by block of rows."""
     metric = FeatureDistance(distance, normalize)
     prepared = metric.prepare(features)
-    encoding = KReciprocalEncoding(metric, prepared, k1, k2)
+    encoding = KReciprocalEncoding(metric, prepared, k1, k2, convention=convention)
     everything = torch.arange(len(prepared))
     inverted_index = encoding.inverted_index(everything)
     for rows in everything.split(encoding.chunk_size):
@@ -308,20 +327,26 @@ def _jaccard_blocks(
 
 
 def jaccard_distance(
-    features: ArrayLike, *, k1: int = 30, k2: int = 6, distance: str = "euclidean", normalize: bool = True
+    features: ArrayLike,
+    *,
+    k1: int = 30,
+    k2: int = 6,
+    distance: str = "euclidean",
+    normalize: bool = True,
+    convention: str = "reranking",
 ) -> torch.Tensor:
     """Dense (N, N) float32 k-reciprocal Jaccard distances among ``features`` (e.g. for DBSCAN pseudo-labels).
 
-    Steps 1-6 of the module docstring on one feature set; the output is dense, N * N * 4 bytes (fine for
-    training sets of a few thousand to ~20k images), while the computation itself stays memory-bounded.
-    :func:`jaccard_neighbours` keeps only the small distances, for larger sets.
+    Steps 1-6 of the module docstring on one feature set, by re-ranking's or cluster-contrast's ``convention``;
+    the output is dense, N * N * 4 bytes (fine for training sets of a few thousand to ~20k images), while the
+    computation itself stays memory-bounded. :func:`jaccard_neighbours` keeps only the small distances.
 
     Example:
         >>> distances = jaccard_distance(torch.randn(50, 16), k1=8, k2=3)
         >>> distances.shape, bool((distances.diagonal().abs() < 1e-6).all())
         (torch.Size([50, 50]), True)
     """
-    return torch.cat([block for _, block in _jaccard_blocks(features, k1, k2, distance, normalize)])
+    return torch.cat([block for _, block in _jaccard_blocks(features, k1, k2, distance, normalize, convention)])
 
 
 def jaccard_neighbours(
@@ -332,6 +357,7 @@ def jaccard_neighbours(
     k2: int = 6,
     distance: str = "euclidean",
     normalize: bool = True,
+    convention: str = "reranking",
 ) -> scipy.sparse.csr_matrix:
     """The Jaccard distances of :func:`jaccard_distance` that are <= ``max_distance``, as a sparse (N, N) float32
     matrix: an absent entry is farther, a stored zero is a real zero distance.
@@ -348,7 +374,7 @@ def jaccard_neighbours(
     import scipy.sparse
 
     rows_out, columns_out, values_out, num = [], [], [], 0
-    for rows, block in _jaccard_blocks(features, k1, k2, distance, normalize):
+    for rows, block in _jaccard_blocks(features, k1, k2, distance, normalize, convention):
         row, column = (block <= max_distance).nonzero(as_tuple=True)
         rows_out.append(rows[row])
         columns_out.append(column)

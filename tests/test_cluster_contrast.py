@@ -31,23 +31,24 @@ def blobs(seed: int, sizes: list[int], outliers: int, dim: int = 32, noise: floa
     return torch.from_numpy(features[order].astype(np.float32)), truth[order]
 
 
+@pytest.mark.parametrize("convention", ["reranking", "cluster_contrast"])
 @pytest.mark.parametrize("seed", range(4))
-def test_sparse_jaccard_graph_holds_exactly_the_close_pairs_and_dbscan_agrees(seed):
+def test_sparse_jaccard_graph_holds_exactly_the_close_pairs_and_dbscan_agrees(seed, convention):
     rng = np.random.default_rng(seed)
     features = torch.from_numpy(rng.normal(size=(60 + 30 * seed, 8)).astype(np.float32))
     if seed % 2:
         features[5] = features[9]  # a duplicate: Jaccard distance 0 (or a hair below) must stay an entry
     eps, k1, k2 = (0.6, 0.7, 0.8, 0.5)[seed], 6 + 4 * seed, 1 + seed
-    dense = jaccard_distance(features, k1=k1, k2=k2).clamp(min=0).numpy()
-    graph = jaccard_neighbours(features, eps, k1=k1, k2=k2)
+    dense = jaccard_distance(features, k1=k1, k2=k2, convention=convention).clamp(min=0).numpy()
+    graph = jaccard_neighbours(features, eps, k1=k1, k2=k2, convention=convention)
     rows, columns = np.nonzero(dense <= eps)
     assert graph.nnz == len(rows)
     np.testing.assert_array_equal(np.asarray(graph[rows, columns]).ravel(), dense[rows, columns])
     if seed % 2:
-        assert graph[5, 9] == 0 and graph.has_canonical_format
+        assert (5, 9) in graph.todok() and abs(graph[5, 9]) < 1e-6 and graph.has_canonical_format
     for min_samples in (2, 4):
         expected = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(dense)
-        labels = cluster_pseudo_labels(features, eps=eps, min_samples=min_samples, k1=k1, k2=k2)
+        labels = cluster_pseudo_labels(features, eps=eps, min_samples=min_samples, k1=k1, k2=k2, jaccard=convention)
         np.testing.assert_array_equal(labels, expected)
 
 

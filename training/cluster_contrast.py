@@ -29,9 +29,18 @@ from pass_hub.reranking import jaccard_neighbours
 
 
 def cluster_pseudo_labels(
-    features: torch.Tensor, *, eps: float = 0.6, min_samples: int = 4, k1: int = 30, k2: int = 6
+    features: torch.Tensor,
+    *,
+    eps: float = 0.6,
+    min_samples: int = 4,
+    k1: int = 30,
+    k2: int = 6,
+    jaccard: str = "cluster_contrast",
 ) -> np.ndarray:
     """Pseudo-labels of ``features`` (N, D): DBSCAN (``metric="precomputed"``) on k-reciprocal Jaccard distances.
+
+    ``jaccard`` names the convention of :mod:`pass_hub.reranking`: ``"cluster_contrast"`` (the original
+    clustering code) or ``"reranking"`` (Zhong et al.'s, as evaluation uses).
 
     Returns:
         (N,) int64 labels: clusters ``0..C-1`` (numbered in order of discovery, as DBSCAN does), -1 for outliers.
@@ -39,7 +48,7 @@ def cluster_pseudo_labels(
     from sklearn.cluster import DBSCAN
 
     # Only distances <= eps can make neighbours, so the sparse graph gives the labels of the dense matrix.
-    graph = jaccard_neighbours(features, eps, k1=k1, k2=k2)
+    graph = jaccard_neighbours(features, eps, k1=k1, k2=k2, convention=jaccard)
     return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(graph).astype(np.int64)
 
 
