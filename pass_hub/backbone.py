@@ -7,7 +7,8 @@ as [PART] tokens, so the block parameter names are timm's (and the original PASS
 
 What this class adds to timm's ViT:
 
-* ``global_pool="pass"``: the ReID embedding ``cat(CLS, mean(PART1..3))`` of size ``2 * embed_dim``;
+* ``global_pool="pass"``: the ReID embedding ``cat(CLS, mean(PART1..3))`` of size ``2 * embed_dim``
+  (``"pass_mean"``: ``(CLS + mean(PART1..3)) / 2``, of size ``embed_dim``, the original's ``mean`` fusion);
 * position tables resampled with a configurable mode that keeps the prefix positions (bilinear, as the
   original fine-tuning code does when it moves from 16x8 to 24x8 patches);
 * :meth:`PassVisionTransformer.forward_local`: the pre-training forward of a local view, whose tokens are
@@ -27,6 +28,10 @@ from timm.models.vision_transformer import Block, VisionTransformer, init_weight
 from torch import nn
 
 PASS_POOL = "pass"
+# timm global_pool names of the two ways the original combines CLS with the mean [PART] token.
+PASS_POOLS = {PASS_POOL: "cat", "pass_mean": "mean"}
+FUSIONS = tuple(PASS_POOLS.values())
+POS_EMBED_RESAMPLING = ("as_needed", "original")
 
 # Architecture hyper-parameters of the presets; every entry point (timm factories, PassViTConfig presets,
 # checkpoint conversion) reads them from here.
@@ -80,8 +85,11 @@ class PassVisionTransformer(VisionTransformer):
         num_parts: Number of [PART] tokens (3 in PASS: top, middle, bottom).
         pos_embed_interpolation: ``F.interpolate`` mode used when the patch grid differs from the one the
             position table was learned for. The prefix (CLS and PART) positions are never resampled.
-        global_pool: ``"pass"`` for the ReID embedding ``cat(CLS, mean(PARTs))`` (2 x embed_dim), or any
-            pooling timm's ViT supports.
+        pos_embed_resampling: ``"as_needed"``: the patch position table as learned at its own grid, resampled
+            with ``pos_embed_interpolation`` for other grids; ``"original"``: what the original pre-training
+            code does on every forward, whatever the grid (:func:`original_pretraining_pos_embed`).
+        global_pool: ``"pass"`` for the ReID embedding ``cat(CLS, mean(PARTs))`` (2 x embed_dim), ``"pass_mean"``
+            for ``(CLS + mean(PARTs)) / 2`` (embed_dim), or any pooling timm's ViT supports.
         **kwargs: Passed to timm's ``VisionTransformer``.
 
     Example:
@@ -95,6 +103,7 @@ class PassVisionTransformer(VisionTransformer):
         *,
         num_parts: int = 3,
         pos_embed_interpolation: str = "bilinear",
+        pos_embed_resampling: str = "as_needed",
         global_pool: str = PASS_POOL,
         num_classes: int = 0,
         **kwargs,
@@ -102,26 +111,31 @@ class PassVisionTransformer(VisionTransformer):
         for fixed in ("class_token", "reg_tokens", "no_embed_class"):
             if fixed in kwargs:
                 raise ValueError(f"PassVisionTransformer fixes {fixed!r}; use num_parts to set the [PART] tokens")
+        if pos_embed_resampling not in POS_EMBED_RESAMPLING:
+            raise ValueError(f"pos_embed_resampling={pos_embed_resampling!r}; expected one of {POS_EMBED_RESAMPLING}")
         super().__init__(
             class_token=True,
             reg_tokens=num_parts,
             no_embed_class=False,
-            global_pool="token" if global_pool == PASS_POOL else global_pool,
+            global_pool="token" if global_pool in PASS_POOLS else global_pool,
             num_classes=num_classes,
             **kwargs,
         )
         self.num_parts = num_parts
         self.pos_embed_interpolation = pos_embed_interpolation
-        if global_pool == PASS_POOL:
-            self.reset_classifier(num_classes, PASS_POOL)
+        self.pos_embed_resampling = pos_embed_resampling
+        if global_pool in PASS_POOLS:
+            self.reset_classifier(num_classes, global_pool)
 
     # ------------------------------------------------------------------ heads
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool == PASS_POOL or (global_pool is None and self.global_pool == PASS_POOL):
+        if global_pool is None and self.global_pool in PASS_POOLS:
+            global_pool = self.global_pool
+        if global_pool in PASS_POOLS:
             self.num_classes = num_classes
-            self.global_pool = PASS_POOL
+            self.global_pool = global_pool
             self.attn_pool = None
-            self.head_hidden_size = 2 * self.embed_dim
+            self.head_hidden_size = (2 if PASS_POOLS[global_pool] == "cat" else 1) * self.embed_dim
             device, dtype = self.cls_token.device, self.cls_token.dtype
             self.head = (
                 nn.Linear(self.head_hidden_size, num_classes, device=device, dtype=dtype)
@@ -137,13 +151,16 @@ class PassVisionTransformer(VisionTransformer):
 
     def pool(self, x: torch.Tensor, pool_type: str | None = None) -> torch.Tensor:
         pool_type = self.global_pool if pool_type is None else pool_type
-        if pool_type == PASS_POOL:
-            return pool_parts(x, self.num_parts)
+        if pool_type in PASS_POOLS:
+            return pool_parts(x, self.num_parts, PASS_POOLS[pool_type])
         return super().pool(x, pool_type)
 
     # -------------------------------------------------------- position table
     def pos_embed_for_grid(self, grid: tuple[int, int]) -> torch.Tensor:
         """The (1, 1 + num_parts + h*w, D) position table for a patch grid; prefix positions kept as learned."""
+        if self.pos_embed_resampling == "original":
+            return original_pretraining_pos_embed(self.pos_embed, grid, self.patch_embed.grid_size,
+                                                  self.num_prefix_tokens)
         return resample_abs_pos_embed(
             self.pos_embed,
             new_size=grid,
@@ -233,9 +250,46 @@ class PassVisionTransformer(VisionTransformer):
         return self.norm(self._run_blocks(x))
 
 
-def pool_parts(tokens: torch.Tensor, num_parts: int = 3) -> torch.Tensor:
-    """The PASS ReID embedding ``cat(CLS, mean(PART_1..PART_n))`` from (B, T, D) tokens -> (B, 2D)."""
-    return torch.cat([tokens[:, 0], tokens[:, 1 : 1 + num_parts].mean(dim=1)], dim=-1)
+def original_pretraining_pos_embed(
+    pos_embed: torch.Tensor, grid: tuple[int, int], trained_grid: tuple[int, int], num_prefix_tokens: int
+) -> torch.Tensor:
+    """The position table the original pre-training code adds to a view with a ``grid`` of patches.
+
+    It resamples the patch table bicubically on every forward with the scale factors
+    ``((h + 0.1) / H, (w + 0.1) / W)`` (``H x W`` the trained grid), and uses those factors for the sampling
+    coordinates: the output has ``h x w`` entries, but even at the trained grid it is a slight resample rather
+    than the table itself. The prefix (CLS, PART) positions are kept.
+
+    Example:
+        >>> table = torch.randn(1, 4 + 16 * 8, 8)
+        >>> same_grid = original_pretraining_pos_embed(table, (16, 8), (16, 8), num_prefix_tokens=4)
+        >>> same_grid.shape, torch.equal(same_grid[:, :4], table[:, :4]), torch.equal(same_grid, table)
+        (torch.Size([1, 132, 8]), True, False)
+    """
+    prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    dim = pos_embed.shape[-1]
+    table = patches.reshape(1, *trained_grid, dim).permute(0, 3, 1, 2)
+    scale = ((grid[0] + 0.1) / trained_grid[0], (grid[1] + 0.1) / trained_grid[1])
+    table = F.interpolate(table.float(), scale_factor=scale, mode="bicubic", align_corners=False,
+                          recompute_scale_factor=False).to(pos_embed.dtype)
+    if tuple(table.shape[-2:]) != tuple(grid):
+        got = tuple(table.shape[-2:])
+        raise ValueError(f"resampling the {trained_grid} position table for a {grid} grid gave {got}")
+    return torch.cat([prefix, table.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
+
+
+def fuse_tokens(cls: torch.Tensor, parts: torch.Tensor, fusion: str = "cat") -> torch.Tensor:
+    """Combine a CLS feature with the mean [PART] feature: ``cat`` (2D values) or ``mean`` (D values)."""
+    if fusion == "cat":
+        return torch.cat([cls, parts], dim=-1)
+    if fusion == "mean":
+        return (cls + parts) / 2
+    raise ValueError(f"fusion={fusion!r}; expected one of {FUSIONS}")
+
+
+def pool_parts(tokens: torch.Tensor, num_parts: int = 3, fusion: str = "cat") -> torch.Tensor:
+    """The PASS ReID embedding ``cat(CLS, mean(PART_1..PART_n))`` (or their ``mean``) from (B, T, D) tokens."""
+    return fuse_tokens(tokens[:, 0], tokens[:, 1 : 1 + num_parts].mean(dim=1), fusion)
 
 
 def l2_normalize(features: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
-from .backbone import PRESETS, REID_IMAGE_SIZE
+from .backbone import FUSIONS, PASS_POOLS, PRESETS, REID_IMAGE_SIZE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -22,7 +22,9 @@ REID_MEAN = (0.5, 0.5, 0.5)
 REID_STD = (0.5, 0.5, 0.5)
 
 REID_FEATURES = ("before_neck", "after_neck")
+NECKS = ("per_token", "single")
 POS_EMBED_INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+IMAGE_INTERPOLATIONS = ("bilinear", "bicubic")
 # Keys that only timm reads; they are derived from the config on save and ignored on load.
 TIMM_KEYS = ("architecture", "num_classes", "model_args", "pretrained_cfg")
 
@@ -47,9 +49,16 @@ class PassViTConfig(BackboneConfigMixin, PreTrainedConfig):
         image_mean: Normalisation mean the weights expect (ImageNet for pre-trained backbones, 0.5 for
             fine-tuned ReID models); mirrored into timm's ``pretrained_cfg`` and the image processor.
         image_std: Normalisation std, likewise.
+        image_interpolation: Resize filter of the test-time input (``"bilinear"``, or ``"bicubic"`` as the original
+            cluster-contrast code resizes); mirrored likewise.
         reid_feature: Test-time embedding of ``PassViTForReID``: the feature ``"before_neck"`` (PASS default)
             or ``"after_neck"`` (after the BatchNorm necks).
         normalize_embeddings: L2-normalise the test-time embedding of ``PassViTForReID``.
+        feature_fusion: How CLS and the mean [PART] token are combined, before and after the necks: ``"cat"``
+            (2D values, PASS fine-tuning) or ``"mean"`` (D values); also the pooling of ``PassViTModel``.
+        neck: BatchNorm necks of ``PassViTForReID``: ``"per_token"`` (one per token: CLS, PART1..3) or
+            ``"single"`` (one on the fused feature; the original's single-neck USL).
+        normalize_neck_outputs: L2-normalise each per-token neck's output before fusing (the original's UDA).
         label_smoothing: Label smoothing of the identity cross-entropy of ``PassViTForReID``.
         out_features / out_indices: Blocks whose feature maps ``PassViTBackbone`` returns (``stage1``..``stageN``).
 
@@ -75,8 +84,12 @@ class PassViTConfig(BackboneConfigMixin, PreTrainedConfig):
     initializer_range: float = 0.02
     image_mean: list[float] | tuple[float, ...] = IMAGENET_MEAN
     image_std: list[float] | tuple[float, ...] = IMAGENET_STD
+    image_interpolation: str = "bilinear"
     reid_feature: str = "before_neck"
     normalize_embeddings: bool = True
+    feature_fusion: str = "cat"
+    neck: str = "per_token"
+    normalize_neck_outputs: bool = False
     label_smoothing: float | int = 0.0
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
@@ -104,6 +117,16 @@ class PassViTConfig(BackboneConfigMixin, PreTrainedConfig):
             raise ValueError(f"image_size={self.image_size} must be (height, width), multiples of {self.patch_size}")
         if self.reid_feature not in REID_FEATURES:
             raise ValueError(f"reid_feature={self.reid_feature!r}; expected one of {REID_FEATURES}")
+        if self.image_interpolation not in IMAGE_INTERPOLATIONS:
+            raise ValueError(
+                f"image_interpolation={self.image_interpolation!r}; expected one of {IMAGE_INTERPOLATIONS}"
+            )
+        if self.feature_fusion not in FUSIONS:
+            raise ValueError(f"feature_fusion={self.feature_fusion!r}; expected one of {FUSIONS}")
+        if self.neck not in NECKS:
+            raise ValueError(f"neck={self.neck!r}; expected one of {NECKS}")
+        if self.normalize_neck_outputs and self.neck != "per_token":
+            raise ValueError("normalize_neck_outputs=True needs neck='per_token' (it normalises each neck's output)")
         if self.pos_embed_interpolation not in POS_EMBED_INTERPOLATIONS:
             raise ValueError(
                 f"pos_embed_interpolation={self.pos_embed_interpolation!r}; expected one of {POS_EMBED_INTERPOLATIONS}"
@@ -136,8 +159,13 @@ class PassViTConfig(BackboneConfigMixin, PreTrainedConfig):
 
     @property
     def embedding_size(self) -> int:
-        """Width of the ReID embedding ``cat(CLS, mean(PARTs))``."""
-        return 2 * self.hidden_size
+        """Width of the ReID embedding: ``cat(CLS, mean(PARTs))`` has 2D values, their ``mean`` D."""
+        return (2 if self.feature_fusion == "cat" else 1) * self.hidden_size
+
+    @property
+    def global_pool(self) -> str:
+        """timm's name of this config's pooling (``"pass"`` or ``"pass_mean"``)."""
+        return next(pool for pool, fusion in PASS_POOLS.items() if fusion == self.feature_fusion)
 
     @property
     def timm_architecture(self) -> str:
@@ -160,12 +188,13 @@ class PassViTConfig(BackboneConfigMixin, PreTrainedConfig):
             qkv_bias=self.qkv_bias,
             num_parts=self.num_part_tokens,
             pos_embed_interpolation=self.pos_embed_interpolation,
+            global_pool=self.global_pool,
         )
 
     def timm_pretrained_cfg(self) -> dict[str, Any]:
         return dict(
             input_size=[self.num_channels, *self.image_size],
-            interpolation="bilinear",
+            interpolation=self.image_interpolation,
             crop_pct=1.0,
             crop_mode="squash",
             mean=list(self.image_mean),

@@ -42,9 +42,10 @@ class PassViTImageProcessorPil(_PassViTDefaults, PilBackend):
 
 
 def image_processor_for(config: PassViTConfig) -> PassViTImageProcessor:
-    """The processor whose size and mean/std match ``config`` (what a hub folder should ship)."""
+    """The processor whose size, mean/std and resize filter match ``config`` (what a hub folder should ship)."""
     return PassViTImageProcessor(
         size={"height": config.image_size[0], "width": config.image_size[1]},
         image_mean=list(config.image_mean),
         image_std=list(config.image_std),
+        resample=PILImageResampling[config.image_interpolation.upper()],
     )

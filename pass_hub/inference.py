@@ -39,10 +39,10 @@ from tqdm.auto import tqdm
 from transformers.image_utils import PILImageResampling
 
 from .atomic import atomic_file
-from .backbone import PassVisionTransformer, l2_normalize
+from .backbone import PASS_POOLS, PassVisionTransformer, l2_normalize
 from .configuration_pass_vit import IMAGENET_MEAN, IMAGENET_STD, PassViTConfig
 from .image_processing_pass_vit import PassViTImageProcessorPil
-from .modeling_pass_vit import PassViTForReID, PassViTModel, PassViTPreTrainedModel
+from .modeling_pass_vit import PassViTForReID, PassViTModel, PassViTPreTrainedModel, describe_feature
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -79,8 +79,8 @@ class Preprocessing:
 
     @classmethod
     def from_config(cls, config: PassViTConfig) -> Preprocessing:
-        return cls(tuple(config.image_size), tuple(config.image_mean), tuple(config.image_std), "bilinear",
-                   config.patch_size)
+        return cls(tuple(config.image_size), tuple(config.image_mean), tuple(config.image_std),
+                   config.image_interpolation, config.patch_size)
 
     @classmethod
     def from_image_processor(cls, processor: Any, patch_size: int) -> Preprocessing:
@@ -156,7 +156,7 @@ class ReIDEmbedder(nn.Module):
             default_preprocessing = Preprocessing.from_config(config)
             self.embedding_size = config.embedding_size
         elif isinstance(model, PassVisionTransformer):
-            if model.global_pool != "pass":
+            if model.global_pool not in PASS_POOLS:
                 raise ValueError(f"the timm model pools with {model.global_pool!r}; create it with global_pool='pass'")
             default_preprocessing = Preprocessing.from_timm(model)
             self.embedding_size = model.head_hidden_size
@@ -174,19 +174,17 @@ class ReIDEmbedder(nn.Module):
     @property
     def feature(self) -> str:
         """Which feature the embedding is, in words (for metadata)."""
-        if isinstance(self.model, PassViTForReID) and self.model.config.reid_feature == "after_neck":
-            return "cat(BN(CLS), mean(BN_k(PART_k))) after the BatchNorm necks"
-        return "cat(CLS, mean(PART_1..PART_n)) of the final-norm tokens"
+        if isinstance(self.model, PassViTForReID):
+            return describe_feature(self.model.config)
+        if isinstance(self.model, PassViTModel):
+            return describe_feature(self.model.config, "before_neck")
+        fusion = "cat(CLS, mean(PART_1..PART_n))" if self.model.global_pool == "pass" else "(CLS + mean(PARTs)) / 2"
+        return f"{fusion} of the final-norm tokens"
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         model = self.model
         if isinstance(model, PassViTForReID):
-            tokens = model.pass_vit(pixel_values)
-            features = (
-                tokens.pooler_output
-                if model.config.reid_feature == "before_neck"
-                else model.neck_features(tokens.last_hidden_state)
-            )
+            features = model.test_features(pixel_values)
         elif isinstance(model, PassViTModel):
             features = model(pixel_values).pooler_output
         else:

@@ -25,7 +25,7 @@ from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
-from .backbone import PassVisionTransformer, l2_normalize, pool_parts
+from .backbone import PassVisionTransformer, fuse_tokens, l2_normalize, pool_parts
 from .configuration_pass_vit import PassViTConfig
 
 
@@ -35,7 +35,8 @@ class PassViTModelOutput(BaseModelOutputWithPooling):
 
     Attributes:
         last_hidden_state: (B, 1 + P + N, D) tokens ``[CLS, PART1..P, patches]`` after the final norm.
-        pooler_output: (B, 2D) ReID embedding ``cat(CLS, mean(PARTs))``, not normalised.
+        pooler_output: (B, 2D) ReID embedding ``cat(CLS, mean(PARTs))``, not normalised ((B, D) ``mean`` of the
+            two with ``config.feature_fusion="mean"``).
         hidden_states: Embedding output and the output of every block, each (B, 1 + P + N, D).
         attentions: Attention probabilities of every block, each (B, heads, T, T).
         part_tokens: (B, P, D) the [PART] tokens (top to bottom) after the final norm.
@@ -51,10 +52,11 @@ class PassViTReIDOutput(ModelOutput):
     Attributes:
         loss: Identity cross-entropy when ``labels`` are given.
         logits: (B, num_labels) identity logits from the after-neck feature.
-        embeddings: (B, 2D) test-time ReID embedding, chosen by ``config.reid_feature`` and L2-normalised when
+        embeddings: Test-time ReID embedding, chosen by ``config.reid_feature`` and L2-normalised when
             ``config.normalize_embeddings``.
-        features_before_neck: (B, 2D) ``cat(CLS, mean(PARTs))``: the triplet-loss feature.
-        features_after_neck: (B, 2D) ``cat(BN(CLS), mean(BN_k(PART_k)))``: the classifier input.
+        features_before_neck: ``cat(CLS, mean(PARTs))`` (B, 2D): the triplet-loss feature.
+        features_after_neck: ``cat(BN(CLS), mean(BN_k(PART_k)))`` (B, 2D): the classifier input.
+            Both follow ``config.feature_fusion`` (``mean``: (B, D)) and ``config.neck``.
         hidden_states: As in :class:`PassViTModelOutput`.
         attentions: As in :class:`PassViTModelOutput`.
     """
@@ -78,6 +80,27 @@ def bias_frozen_batchnorm(dim: int) -> nn.BatchNorm1d:
     del neck.bias
     neck.register_buffer("bias", torch.zeros(dim))
     return neck
+
+
+def describe_feature(config: PassViTConfig, reid_feature: str | None = None) -> str:
+    """A ReID feature of ``config`` in words (``reid_feature``, default the config's), for metadata and cards.
+
+    Example:
+        >>> describe_feature(PassViTConfig(), "after_neck")
+        'cat(BN(CLS), mean(BN_k(PART_k))) after the BatchNorm necks'
+    """
+    feature = reid_feature or config.reid_feature
+    if feature == "before_neck":
+        parts = "mean(PART_1..PART_n)"
+        fused = f"cat(CLS, {parts})" if config.feature_fusion == "cat" else f"(CLS + {parts}) / 2"
+        return f"{fused} of the final-norm tokens"
+    if config.neck == "single":
+        fused = "cat(CLS, mean(PARTs))" if config.feature_fusion == "cat" else "(CLS + mean(PARTs)) / 2"
+        return f"BN({fused}) after the single BatchNorm neck"
+    cls, parts = ("L2(BN(CLS))", "mean(L2(BN_k(PART_k)))") if config.normalize_neck_outputs else (
+        "BN(CLS)", "mean(BN_k(PART_k))")
+    fused = f"cat({cls}, {parts})" if config.feature_fusion == "cat" else f"({cls} + {parts}) / 2"
+    return f"{fused} after the BatchNorm necks"
 
 
 class PassViTPreTrainedModel(PreTrainedModel):
@@ -111,7 +134,7 @@ class PassViTEncoderModel(PassViTPreTrainedModel):
     """Base of the models that own the backbone directly (``PassViTModel``, ``PassViTBackbone``)."""
 
     # A fine-tuned ReID folder also loads as the bare backbone; its head is expected to be left out.
-    _keys_to_ignore_on_load_unexpected = [r"^cls_neck\.", r"^part_necks\.", r"^classifier\."]
+    _keys_to_ignore_on_load_unexpected = [r"^cls_neck\.", r"^part_necks\.", r"^fused_neck\.", r"^classifier\."]
 
     def __init__(self, config: PassViTConfig) -> None:
         super().__init__(config)
@@ -216,7 +239,7 @@ class PassViTModel(PassViTEncoderModel):
         num_parts = config.num_part_tokens
         output = PassViTModelOutput(
             last_hidden_state=tokens.last_hidden_state,
-            pooler_output=pool_parts(tokens.last_hidden_state, num_parts),
+            pooler_output=pool_parts(tokens.last_hidden_state, num_parts, config.feature_fusion),
             hidden_states=tokens.hidden_states,
             attentions=tokens.attentions,
             part_tokens=tokens.last_hidden_state[:, 1 : 1 + num_parts],
@@ -225,11 +248,14 @@ class PassViTModel(PassViTEncoderModel):
 
 
 class PassViTForReID(PassViTPreTrainedModel):
-    """PASS backbone with the supervised ReID head of the paper (spec §4).
+    """PASS backbone with the supervised ReID head of the paper (spec §4), or the cluster-contrast variants.
 
-    Four BatchNorm1d necks (CLS, PART1..3; bias frozen at 0) and a bias-free identity classifier on
+    By default four BatchNorm1d necks (CLS, PART1..3; bias frozen at 0) and a bias-free identity classifier on
     ``cat(BN(CLS), mean(BN_k(PART_k)))``. The test-time embedding (``embeddings``) is the feature before the
     necks, L2-normalised, unless ``config.reid_feature`` / ``config.normalize_embeddings`` say otherwise.
+    ``config.neck="single"`` puts one neck on the fused feature instead, ``config.feature_fusion="mean"``
+    averages CLS and the mean PART rather than concatenating them, and ``config.normalize_neck_outputs``
+    L2-normalises each neck's output before fusion: the heads of the original USL / UDA code.
 
     Example:
         >>> import torch, pass_hub
@@ -244,10 +270,15 @@ class PassViTForReID(PassViTPreTrainedModel):
         super().__init__(config)
         self.pass_vit = PassViTModel(config)
         dim = config.hidden_size
-        self.cls_neck = bias_frozen_batchnorm(dim)
-        self.part_necks = nn.ModuleList(bias_frozen_batchnorm(dim) for _ in range(config.num_part_tokens))
+        if config.neck == "per_token":
+            self.cls_neck = bias_frozen_batchnorm(dim)
+            self.part_necks = nn.ModuleList(bias_frozen_batchnorm(dim) for _ in range(config.num_part_tokens))
+        else:
+            self.fused_neck = bias_frozen_batchnorm(config.embedding_size)
         # No identities (e.g. cluster-contrast, which learns none): no classifier, and ``logits`` is None.
-        self.classifier = nn.Linear(2 * dim, config.num_labels, bias=False) if config.num_labels > 0 else None
+        self.classifier = (
+            nn.Linear(config.embedding_size, config.num_labels, bias=False) if config.num_labels > 0 else None
+        )
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -257,10 +288,28 @@ class PassViTForReID(PassViTPreTrainedModel):
         else:
             super()._init_weights(module)
 
+    def neck_modules(self) -> list[nn.BatchNorm1d]:
+        """The BatchNorm necks: CLS then PART1..P (``per_token``), or the one fused-feature neck (``single``)."""
+        if self.config.neck == "per_token":
+            return [self.cls_neck, *self.part_necks]
+        return [self.fused_neck]
+
     def neck_features(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``cat(BN(CLS), mean(BN_k(PART_k)))`` from (B, T, D) tokens."""
-        parts = torch.stack([neck(tokens[:, 1 + k]) for k, neck in enumerate(self.part_necks)]).mean(dim=0)
-        return torch.cat([self.cls_neck(tokens[:, 0]), parts], dim=-1)
+        """The after-neck feature from (B, T, D) tokens: ``cat(BN(CLS), mean(BN_k(PART_k)))`` by default."""
+        config = self.config
+        if config.neck == "single":
+            return self.fused_neck(pool_parts(tokens, config.num_part_tokens, config.feature_fusion))
+        outputs = [neck(tokens[:, k]) for k, neck in enumerate(self.neck_modules())]
+        if config.normalize_neck_outputs:
+            outputs = [l2_normalize(output) for output in outputs]
+        return fuse_tokens(outputs[0], torch.stack(outputs[1:]).mean(dim=0), config.feature_fusion)
+
+    def test_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The feature ``config.reid_feature`` names, not normalised: what ``embeddings`` and the exports hold."""
+        tokens = self.pass_vit(pixel_values)
+        if self.config.reid_feature == "before_neck":
+            return tokens.pooler_output
+        return self.neck_features(tokens.last_hidden_state)
 
     def forward(
         self,
