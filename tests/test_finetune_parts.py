@@ -23,13 +23,30 @@ def test_pk_batches_hold_p_identities_with_k_images_each():
     for epoch in range(4):
         sampler.set_epoch(epoch)
         batches = list(sampler)
-        assert len(batches) == len(sampler) == (3 + 1 + 1 + 2 + 1 + 2 + 1) // 3
+        assert len(batches) == len(sampler) == sampler.epoch_length(epoch) >= 1
         for batch in batches:
             counts = collections.Counter(LABELS[i] for i in batch)
             assert len(batch) == 12 and len(counts) == 3 and set(counts.values()) == {4}
     # The single image of identity 2 is resampled to fill its K slots whenever it is drawn.
     drawn = [b for e in range(10) for b in (sampler.set_epoch(e) or list(sampler)) if 13 in b]
     assert drawn and all(b.count(13) == 4 for b in drawn)
+
+
+def test_pk_epochs_end_as_the_original_sampler_ends_them():
+    # Identity 0: 12 images = 3 chunks of 4; identities 1 and 2: 6 images = 1 chunk each, the 2 left over unused.
+    labels = [0] * 12 + [1] * 6 + [2] * 6
+    sampler = PKBatchSampler(labels, identities_per_batch=2, instances_per_identity=4, seed=0)
+    lengths = collections.Counter()
+    for epoch in range(40):
+        batches = sampler.batches(epoch)
+        lengths[len(batches)] += 1
+        used = collections.Counter(labels[i] for batch in batches for i in batch)
+        assert used[1] <= 4 and used[2] <= 4  # the remainder of a chunking is dropped, never resampled
+        # Drawing {1, 2} first leaves only identity 0: the epoch ends after 1 batch. Drawing 0 with one of them
+        # leaves 0 and the other: a second batch, then only 0 is left. Never a third.
+        first = {labels[i] for i in batches[0]}
+        assert len(batches) == (1 if first == {1, 2} else 2)
+    assert set(lengths) == {1, 2}  # the epoch length depends on the draw
 
 
 def test_pk_order_depends_only_on_seed_and_epoch():

@@ -20,7 +20,7 @@ import pass_hub  # noqa: F401  (registers the Auto classes used below)
 SCRIPT = ROOT / "training" / "pretrain.py"
 TOY = [
     "--data", "synthetic:train_ids=2,test_ids=1,unlabelled=48,distractors=0,image_size=64x32",
-    "--image_size", "64", "32",
+    "--image_size", "64", "32", "--local_image_size", "32", "16",
     "--out_dim", "64", "--head_hidden_dim", "32", "--head_bottleneck_dim", "16",
     "--num_workers", "0", "--report_to", "none", "--epochs", "3",
 ]
@@ -43,7 +43,7 @@ def _assert_same_run(expected: Path, actual: Path) -> None:
 
 def test_outputs_of_a_run(tmp_path):
     out = tmp_path / "run"
-    _run(["--output_dir", str(out), "--batch_size", "8", "--max_steps", "4", "--save_every_steps", "2"])
+    _run(["--output_dir", str(out), "--global_batch_size", "8", "--max_steps", "4", "--save_every_steps", "2"])
     results = json.loads((out / "results.json").read_text())
     assert results["steps"] == 4 and results["replicas_in_sync"] and results["images"] == 48
     assert set(results["frozen_eval"]) == {"PASS pre-trained (frozen)", "random init (frozen)"}
@@ -60,11 +60,11 @@ def test_outputs_of_a_run(tmp_path):
     card = (folder / "README.md").read_text()
     assert "4 steps" in card and "synthetic" in card and "Frozen-feature ReID" in card and "EMA center" in card
     with pytest.raises(AssertionError, match="already holds checkpoints"):
-        _run(["--output_dir", str(out), "--batch_size", "8", "--max_steps", "4"])
+        _run(["--output_dir", str(out), "--global_batch_size", "8", "--max_steps", "4"])
 
 
 def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
-    common = ["--batch_size", "4", "--max_steps", "8", "--save_every_steps", "2"]
+    common = ["--global_batch_size", "4", "--max_steps", "8", "--save_every_steps", "2"]
     _run(["--output_dir", str(tmp_path / "straight"), *common])
 
     killed = tmp_path / "killed"
@@ -76,10 +76,10 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
 
 def test_a_partial_checkpoint_is_ignored_on_resume(tmp_path):
     out = tmp_path / "run"
-    _run(["--output_dir", str(out), "--batch_size", "8", "--max_steps", "2", "--save_every_steps", "1"])
+    _run(["--output_dir", str(out), "--global_batch_size", "8", "--max_steps", "2", "--save_every_steps", "1"])
     checkpoints = out / "checkpoints"
     shutil.copytree(checkpoints / "step_00000002", checkpoints / ".step_00000003.partial")
-    result = _run(["--output_dir", str(out), "--batch_size", "8", "--max_steps", "3", "--resume"])
+    result = _run(["--output_dir", str(out), "--global_batch_size", "8", "--max_steps", "3", "--resume"])
     assert "resumed from" in result.stdout and "step_00000002" in result.stdout
     assert json.loads((out / "results.json").read_text())["steps"] == 3
 
@@ -87,8 +87,8 @@ def test_a_partial_checkpoint_is_ignored_on_resume(tmp_path):
 @pytest.mark.parametrize("centering", ["ema", "sinkhorn_knopp"])
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, centering):
     common = ["--max_steps", "3", "--drop_path_rate", "0", "--save_every_steps", "100", "--centering", centering]
-    _run(["--output_dir", str(tmp_path / "one"), "--batch_size", "8", *common])
-    _run(["--output_dir", str(tmp_path / "two"), "--batch_size", "4", *common], launcher=two_processes(29517))
+    _run(["--output_dir", str(tmp_path / "one"), "--global_batch_size", "8", *common])
+    _run(["--output_dir", str(tmp_path / "two"), "--global_batch_size", "8", *common], launcher=two_processes(29517))
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert two["num_processes"] == 2 and two["global_batch"] == 8 and two["replicas_in_sync"]
     _assert_same_run(tmp_path / "one", tmp_path / "two")
@@ -97,16 +97,16 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ce
 def test_gradient_accumulation_matches_the_whole_batch(tmp_path):
     # EMA centers: they must move once per optimiser step, on every micro-batch's teacher outputs.
     common = ["--max_steps", "3", "--drop_path_rate", "0", "--save_every_steps", "100"]
-    _run(["--output_dir", str(tmp_path / "whole"), "--batch_size", "8", *common])
-    _run(["--output_dir", str(tmp_path / "accumulated"), "--batch_size", "4", "--gradient_accumulation_steps", "2",
-          *common])
+    _run(["--output_dir", str(tmp_path / "whole"), "--global_batch_size", "8", *common])
+    _run(["--output_dir", str(tmp_path / "accumulated"), "--global_batch_size", "8", "--gradient_accumulation_steps",
+          "2", *common])
     accumulated = json.loads((tmp_path / "accumulated" / "results.json").read_text())
     assert accumulated["global_batch"] == 8 and accumulated["steps"] == 3
     _assert_same_run(tmp_path / "whole", tmp_path / "accumulated")
 
 
 def test_bf16_autocast_on_the_cpu_and_fp16_falls_back_to_fp32_with_a_message(tmp_path):
-    common = ["--batch_size", "8", "--max_steps", "2", "--skip_frozen_eval"]
+    common = ["--global_batch_size", "8", "--max_steps", "2", "--skip_frozen_eval"]
     losses, stdout = {}, {}
     for precision in ("no", "bf16", "fp16"):
         out = tmp_path / precision

@@ -25,7 +25,7 @@ from training.cluster_contrast import ClusterMemory, cluster_centroids
 SCRIPT = ROOT / "training" / "usl.py"
 TOY_DATA = "synthetic:train_ids=8,test_ids=4,distractors=3,unlabelled=0,image_size=64x32"
 # Tiny k1 / min_samples: 108 training images of 8 identities still give a dozen clusters.
-TOY = ["--dataset", TOY_DATA, "--image_size", "64", "32", "--batch_size", "8", "--num_instances", "2",
+TOY = ["--dataset", TOY_DATA, "--image_size", "64", "32", "--global_batch_size", "8", "--num_instances", "2",
        "--num_workers", "0", "--report_to", "none", "--eval_batch_size", "16", "--k1", "6", "--k2", "2",
        "--min_samples", "2", "--iters_per_epoch", "2", "--drop_path_rate", "0"]
 
@@ -51,7 +51,7 @@ def test_usl_run_publishes_a_folder_with_results_and_card(toy_run):
     assert results["setting"] == "USL" and results["source_dataset"] is None and results["steps"] == 4
     assert [entry["epoch"] for entry in results["clustering"]] == [0, 1]
     assert all(entry["clusters"] >= 4 and 0 <= entry["outlier_fraction"] < 1 for entry in results["clustering"])
-    assert 0 <= results["best"]["mAP"] <= 1 and results["best"]["mAP"] >= results["final"]["mAP"]
+    assert results["published"]["selection"] == "final" and results["published"]["metrics"] == results["final"]
     history = _history(toy_run)
     assert [entry["step"] for entry in history] == [1, 2, 3, 4] and "mAP" in history[1]
     assert "clusters" in history[0] and "clusters" in history[2]  # logged when each epoch's clustering is made
@@ -99,7 +99,7 @@ def test_uda_from_a_fine_tuned_folder(tmp_path):
     text = ModelCard.load(out / "pass-vit-reid" / "README.md").text
     assert "(unsupervised domain adaptation, UDA) from the labelled source dataset `market1501`" in text
     assert "UDA: source `market1501` (labelled) -> target `synthetic:domain=1," in text
-    assert "after neck feature, minus the mean feature of its camera (" in text
+    assert "after neck feature (per_token BatchNorm neck(s), cat fusion), minus the mean feature of its camera" in text
 
 
 @pytest.mark.parametrize("camera_centering", [False, True])
@@ -111,7 +111,7 @@ def test_clustering_uses_camera_centred_features_only_when_asked(monkeypatch, ca
     features = torch.from_numpy((features + 0.1 * rng.normal(size=features.shape)).astype(np.float32))
     monkeypatch.setattr(usl, "embed_split", lambda *args: features)
     args = argparse.Namespace(eps=0.6, min_samples=3, k1=10, k2=2, camera_centering=camera_centering,
-                              batch_size=8, num_instances=2)
+                              jaccard="cluster_contrast", global_batch_size=8, num_instances=2)
     memory = ClusterMemory(dim=32)
     split = {"pid": pids.tolist(), "camid": camids.tolist()}
     statistics = usl.make_clusters(None, split, memory, 0, args, Accelerator(cpu=True))
@@ -135,8 +135,8 @@ def test_resume_mid_epoch_gives_the_same_weights(tmp_path):
 
 
 def test_fewer_clusters_than_a_batch_needs_give_smaller_batches(tmp_path):
-    result = _run(["--output_dir", str(tmp_path / "few"), "--batch_size", "128", "--max_steps", "1"])
-    assert "fewer than --batch_size / --num_instances: this epoch's batches hold only" in result.stdout
+    result = _run(["--output_dir", str(tmp_path / "few"), "--global_batch_size", "128", "--max_steps", "1"])
+    assert "fewer than --global_batch_size / --num_instances: this epoch's batches hold only" in result.stdout
     assert json.loads((tmp_path / "few" / "results.json").read_text())["steps"] == 1
 
 
@@ -155,7 +155,8 @@ def test_bad_inputs_give_clear_messages(tmp_path, capsys):
 
 
 def test_two_processes_keep_memory_and_weights_identical(tmp_path):
-    _run(["--output_dir", str(tmp_path / "two"), "--epochs", "2"], launcher=two_processes(29519))
+    _run(["--output_dir", str(tmp_path / "two"), "--epochs", "2", "--global_batch_size", "16"],
+         launcher=two_processes(29519))
     results = json.loads((tmp_path / "two" / "results.json").read_text())
     # replicas_in_sync compares the parameters, the BatchNorm statistics and the memory's buffers.
     assert results["num_processes"] == 2 and results["global_batch"] == 16 and results["replicas_in_sync"]

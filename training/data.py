@@ -65,3 +65,25 @@ class SeededTransformDataset(Dataset):
         output = dict(output) if isinstance(output, dict) else {"pixel_values": output}
         output.update({column: item[column] for column in self.keep_columns})
         return output
+
+
+def dataset_spec(spec: str, data_dir: str | None, needs: str = "") -> str:
+    """The dataset spec a run loads: ``spec`` (``--dataset`` / ``--data``) with ``--data_dir`` as its folder.
+
+    A loader name that needs a folder and has none ends the run with a message saying what the recipe needs.
+
+    Example:
+        >>> dataset_spec("market1501", "/data/Market-1501-v15.09.15")
+        'market1501:/data/Market-1501-v15.09.15'
+    """
+    from pass_hub.data.spec import SPEC_NAMES, SYNTHETIC
+
+    name, separator, _ = spec.partition(":")
+    if data_dir:
+        if separator and name.strip().lower() != SYNTHETIC:
+            raise SystemExit(f"--data_dir {data_dir} and the folder in {spec!r} both name the data: give one")
+        return f"{name}:{data_dir}"
+    if not separator and name.strip().lower() in SPEC_NAMES and name.strip().lower() != SYNTHETIC:
+        hint = f" (this recipe needs {needs})" if needs else ""
+        raise SystemExit(f"{name} needs its folder: give --data_dir DIR{hint}")
+    return spec

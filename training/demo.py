@@ -34,16 +34,11 @@ from training import pretrain, reid
 
 SCRIPTS = Path(__file__).resolve().parent
 PRESET = "pass_vit_tiny"
-# Sized so that the whole demo stays well under 30 minutes on 2 cores; see the README for longer runs.
-# Colour jitter off: SynthPerson identities differ mainly in clothing colour, and with the paper's jitter the
-# short CPU run collapses to uniform outputs (README, "Known limits"). Teacher momentum 0.9: with 0.99 over ~100
-# steps the exported teacher would still be about half its random initialisation.
-PRETRAIN_ARGS = ["--preset", PRESET, "--epochs", "6", "--colour_jitter", "0", "--grayscale", "0",
-                 "--momentum_teacher", "0.9"]
-# AdamW: from scratch, 252 steps of the paper's SGD leave chance level barely (4.0% mAP); these reach 14.2%.
-FINETUNE_ARGS = ["--epochs", "10", "--optimizer", "adamw", "--lr", "1e-3", "--eval_every", "5"]
+# Every stage runs the scripts' cpu_demo recipe (training/recipes.py), sized so that the whole demo stays well
+# under 30 minutes on 2 cores.
+RECIPE = ["--recipe", "cpu_demo"]
 TOY_DATA = "synthetic:train_ids=8,test_ids=4,cameras=3,distractors=4,unlabelled=48,image_size=128x64"
-TOY_ARGS = ["--max_steps", "2", "--batch_size", "16", "--num_workers", "0"]
+TOY_ARGS = ["--max_steps", "2", "--global_batch_size", "16", "--num_workers", "0"]
 ATTENTION_IMAGES = 6
 
 
@@ -66,7 +61,7 @@ class Stage:
 def build_stages(output_dir: Path, toy: bool) -> list[Stage]:
     data = TOY_DATA if toy else "synthetic"
     extra = TOY_ARGS if toy else []
-    pretrain_args = [*PRETRAIN_ARGS, "--data", data, *extra]
+    pretrain_args = [*RECIPE, "--data", data, *extra]
     stages = [
         Stage("pretrain-pass", SCRIPTS / "pretrain.py", pretrain_args, "PASS pre-training"),
         Stage("pretrain-dino", SCRIPTS / "pretrain.py", [*pretrain_args, "--no_part_tokens"],
@@ -80,7 +75,7 @@ def build_stages(output_dir: Path, toy: bool) -> list[Stage]:
     for name, (init, label) in inits.items():
         stages.append(Stage(
             f"finetune-{name}", SCRIPTS / "finetune.py",
-            [*FINETUNE_ARGS, "--init", str(init), "--dataset", data, "--model_name", f"pass-vit-tiny-synth-{name}",
+            [*RECIPE, "--init", str(init), "--dataset", data, "--model_name", f"pass-vit-tiny-synth-{name}",
              *extra],
             f"fine-tuning from {label}", label,
         ))
@@ -148,12 +143,12 @@ def reload_check(folder: Path, image: Image.Image) -> float:
 
 def result_table(stages: dict[str, Stage]) -> tuple[str, dict[str, dict[str, float]]]:
     rows = {stage.label: stage.results() for stage in stages.values() if stage.label}
-    scores = {name: results["best"] for name, results in rows.items()}
+    scores = {name: results["published"]["metrics"] for name, results in rows.items()}
     lines = ["| initialisation | mAP | Rank-1 | mINP | steps | wall time |", "|---|---:|---:|---:|---:|---:|"]
     for name, results in rows.items():
-        best = results["best"]
+        final = results["published"]["metrics"]
         lines.append(
-            f"| {name} | {100 * best['mAP']:.1f} | {100 * best['rank1']:.1f} | {100 * best['mINP']:.1f} "
+            f"| {name} | {100 * final['mAP']:.1f} | {100 * final['rank1']:.1f} | {100 * final['mINP']:.1f} "
             f"| {results['steps']} | {results['wall_time_seconds'] / 60:.1f} min |"
         )
     return "\n".join(lines), scores
@@ -193,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, values in centres.items()
     )
     report = (
-        f"# PASS demo on SynthPerson ({PRESET})\n\nFine-tuned with the same recipe (best evaluation, no re-ranking):"
+        f"# PASS demo on SynthPerson ({PRESET})\n\nFine-tuned with the same recipe (final weights, no re-ranking):"
         f"\n\n{table}\n\nMean attention centre row of each token after pre-training (0 top, 1 bottom):\n\n"
         f"{centre_lines}\n\n`{reid_folder}` loads with transformers and timm; their embeddings differ by at most "
         f"{gap:.1e}.\n"

@@ -50,6 +50,7 @@ class PartAwareHeads(nn.Module):
         self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256, num_parts: int = 3
     ) -> None:
         super().__init__()
+        self.out_dim = out_dim
         self.heads = nn.ModuleList(
             DINOHead(in_dim, out_dim, hidden_dim, bottleneck_dim) for _ in range(1 + num_parts)
         )

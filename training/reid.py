@@ -1,11 +1,13 @@
 """What the ReID training scripts share (``finetune.py``, ``usl.py``): the initial backbone, the ``PassViTForReID``
-model, evaluation on query / gallery, the best model so far, and the published hub folder with its card.
+model, evaluation on query / gallery, the weights to publish, and the published hub folder with its card.
 
 Example:
+    >>> from training.recipes import RECIPES
+    >>> settings = RECIPES["finetune"]["cpu_demo"].settings
     >>> initial = load_initial_backbone("pass_vit_tiny")  # a preset: random init
-    >>> model = build_model(initial, image_size=(128, 64), num_labels=10, drop_path_rate=0.1)
-    >>> initial.fine_tuned, model.config.num_labels
-    (False, 10)
+    >>> model = build_model(initial, settings, num_labels=10)
+    >>> initial.fine_tuned, model.config.num_labels, model.config.image_size
+    (False, 10, (128, 64))
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pass_hub.evaluation import evaluate_model, save_rank_lists
 from pass_hub.model_card import reid_card_data, render_model_card, results_table
 from pass_hub.timm_models import checkpoint_filter_fn
 from training import runtime
+from training.data import dataset_spec
 from training.transforms import REID_MEAN, REID_STD
 
 MODEL_FOLDER = "pass-vit-reid"
@@ -49,9 +52,10 @@ class InitialBackbone:
     fine_tuned: bool = False
 
 
-def load_initial_backbone(init: str) -> InitialBackbone:
+def load_initial_backbone(init: str, needs: str = "") -> InitialBackbone:
     """Resolve ``--init``: a preset name, an original PASS checkpoint file, a pass-hub folder (``PassViTModel``
-    or ``PassViTForReID``: the backbone is taken) or a cached hub id.
+    or ``PassViTForReID``: the backbone is taken) or a cached hub id. ``needs`` says, in words, what the run
+    needs; it ends the message when ``--init`` names a file that does not exist.
 
     Example:
         >>> load_initial_backbone("tiny").arch
@@ -61,6 +65,8 @@ def load_initial_backbone(init: str) -> InitialBackbone:
         preset = init if init in PRESETS else f"pass_vit_{init}"
         return InitialBackbone(None, dict(PRESETS[preset]))
     path = Path(init)
+    if not path.exists() and path.suffix in (".pth", ".pt", ".bin", ".tar", ".safetensors"):
+        raise SystemExit(f"--init {init}: no such file" + (f"; this recipe needs {needs}" if needs else ""))
     if path.is_file() or (path.is_dir() and not (path / "config.json").is_file()):
         extracted = pass_hub.extract_weights(pass_hub.load_checkpoint_file(path), source=str(path))
         args = pass_hub.convert.infer_backbone_args(extracted.backbone)
@@ -82,31 +88,55 @@ def load_initial_backbone(init: str) -> InitialBackbone:
     )
 
 
-def build_model(
-    initial: InitialBackbone,
-    *,
-    image_size: Sequence[int],
-    num_labels: int,
-    drop_path_rate: float,
-    reid_feature: str = "before_neck",
-    label_smoothing: float = 0.0,
-) -> pass_hub.PassViTForReID:
+def load_data_spec(args: argparse.Namespace):
+    """The ``DatasetDict`` of ``--dataset`` / ``--data_dir`` (``args.dataset`` becomes the full spec)."""
+    from pass_hub.data import load_dataset_spec
+
+    args.dataset = dataset_spec(args.dataset, args.data_dir, args.resolved.recipe.needs)
+    try:
+        return load_dataset_spec(args.dataset)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"--dataset {args.dataset}: {err}") from None
+
+
+def check_architecture(initial: InitialBackbone, init: str, settings: Any, recipe: str) -> None:
+    """End the run when ``--init`` is not the backbone the settings' ``preset`` names (a ViT-B for a ViT-S recipe);
+    ``preset="from_init"`` takes whatever ``--init`` holds."""
+    if settings.preset == "from_init":
+        return
+    expected = PRESETS[settings.preset]
+    if initial.arch != {key: expected[key] for key in initial.arch}:
+        found = next((name for name, arch in PRESETS.items() if initial.arch == {k: arch[k] for k in initial.arch}),
+                     f"a ViT of width {initial.arch['embed_dim']}, depth {initial.arch['depth']}")
+        raise SystemExit(
+            f"--init {init} is {found}, but --recipe {recipe} trains {settings.preset}; pick the recipe for that "
+            f"backbone or pass --preset {found if found in PRESETS else '...'} to override"
+        )
+
+
+def build_model(initial: InitialBackbone, settings: Any, num_labels: int) -> pass_hub.PassViTForReID:
     """A ``PassViTForReID`` (ReID mean/std 0.5) on the initial backbone; necks and classifier start fresh.
 
-    ``num_labels=0`` gives a model without an identity classifier (cluster-contrast learns none). A size the
-    model cannot take or weights that do not fit it end the run with a message.
+    ``settings`` (a fine-tuning or cluster-contrast settings object) gives the input size, drop path, the neck
+    variant, the fusion, the test-time feature and resize. ``num_labels=0`` gives a model without an identity
+    classifier (cluster-contrast learns none). A size the model cannot take or weights that do not fit it end
+    the run with a message.
     """
     try:
         config = pass_hub.PassViTConfig(
             hidden_size=initial.arch["embed_dim"],
             num_hidden_layers=initial.arch["depth"],
             num_attention_heads=initial.arch["num_heads"],
-            image_size=tuple(image_size),
+            image_size=tuple(settings.image_size),
             image_mean=REID_MEAN,
             image_std=REID_STD,
-            drop_path_rate=drop_path_rate,
-            reid_feature=reid_feature,
-            label_smoothing=label_smoothing,
+            image_interpolation=settings.test_resize,
+            drop_path_rate=settings.drop_path_rate,
+            neck=settings.neck,
+            feature_fusion=settings.feature_fusion,
+            normalize_neck_outputs=settings.normalize_neck_outputs,
+            reid_feature=settings.reid_feature,
+            label_smoothing=getattr(settings, "label_smoothing", 0.0),
             num_labels=num_labels,
         )
         model = pass_hub.PassViTForReID(config)
@@ -131,11 +161,10 @@ def sync_buffers(accelerator, model: torch.nn.Module) -> None:
 
 
 def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
-    """The evaluation and publishing flags :func:`evaluate` and :func:`finish_run` read."""
+    """The evaluation and publishing flags :func:`evaluate` and :func:`finish_run` read besides the settings
+    (``eval_every``, ``flip_test``, ``publish``)."""
     evaluation = parser.add_argument_group("evaluation and publishing")
-    evaluation.add_argument("--eval_every", type=int, default=0, help="evaluate every N epochs (0: at the end only)")
     evaluation.add_argument("--eval_batch_size", type=int, default=64)
-    evaluation.add_argument("--flip_test", action="store_true", help="average embeddings with mirrored images")
     evaluation.add_argument("--model_name", default=None, help="name in the model card (default: derived)")
     evaluation.add_argument("--push_to_hub", metavar="REPO", default=None, help="upload the published folder")
     evaluation.add_argument("--hub_private", action="store_true")
@@ -155,33 +184,55 @@ def scalar_metrics(results: dict[str, Any]) -> dict[str, float]:
     return {key: float(results[key]) for key in keys}
 
 
-class BestModel:
-    """The best evaluation so far (by mAP); the main process keeps its weights as a hub folder ``folder``.
+class PublishedWeights:
+    """The weights a ReID run publishes and their scores: the final ones (``selection="final"``), or those of the
+    best test-split evaluation by mAP (``"best_test_evaluation"``, what the original USL / UDA scripts report).
 
-    ``details`` (per-query results for rank-list pictures) lives in memory only: after a resume it is filled by
-    the next evaluation that wins.
+    Every evaluation goes through :meth:`consider`; the main process keeps the chosen weights as a hub folder
+    ``folder``. ``details`` (per-query results for rank-list pictures) lives in memory only: after a resume it is
+    filled by the next evaluation that is chosen.
     """
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path, selection: str) -> None:
+        if selection not in ("final", "best_test_evaluation"):
+            raise ValueError(f"selection={selection!r}; expected 'final' or 'best_test_evaluation'")
+        self.folder, self.selection = folder, selection
         self.metrics: dict[str, float] = {}
         self.step = 0
+        self.evaluations = 0
         self.details: dict[str, Any] | None = None
 
-    def consider(self, results: dict[str, Any], step: int, model, accelerator) -> dict[str, float]:
+    def consider(
+        self, results: dict[str, Any], step: int, model, accelerator, *, final: bool = False
+    ) -> dict[str, float]:
+        """Count an evaluation (``final``: the one at the end of the run); keep its weights if they are chosen.
+        Returns the values to log."""
         metrics = scalar_metrics(results)
-        if not self.metrics or metrics["mAP"] > self.metrics["mAP"]:
+        self.evaluations += 1
+        better = not self.metrics or metrics["mAP"] > self.metrics["mAP"]
+        if final if self.selection == "final" else better:
             self.metrics, self.step, self.details = metrics, step, results
             if accelerator.is_main_process:
                 pass_hub.save_hub_folder(model, self.folder, overwrite=True)
         accelerator.wait_for_everyone()
         return {"mAP": metrics["mAP"], "rank1": metrics["rank1"]}
 
+    def describe(self) -> str:
+        """Which weights were published, in words (for the model card)."""
+        if self.selection == "final":
+            return f"The published weights are the final ones (step {self.step})."
+        return (
+            f"The published weights are the best of {self.evaluations} evaluations on the test split (step "
+            f"{self.step}, by mAP), as the original USL / UDA scripts report their results; choosing weights by "
+            "their test-split score leaks the test set into model selection, so the scores below are optimistic."
+        )
+
     def state_dict(self) -> dict[str, Any]:
-        return {"metrics": self.metrics, "step": self.step}
+        return {"metrics": self.metrics, "step": self.step, "evaluations": self.evaluations}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.metrics, self.step = dict(state["metrics"]), int(state["step"])
+        self.evaluations = int(state["evaluations"])
 
 
 def dataset_name(spec: str) -> str:
@@ -190,12 +241,11 @@ def dataset_name(spec: str) -> str:
 
 
 def publish(
-    best_folder: Path,
+    weights: PublishedWeights,
     output_dir: Path,
     *,
     data,
     dataset: str,
-    best: dict[str, float],
     ranked: dict[str, Any],
     name: str,
     summary: str,
@@ -203,37 +253,37 @@ def publish(
     base_model: str | None = None,
     extra_tags: tuple[str, ...] = (),
 ) -> Path:
-    """The best weights as the published hub folder ``output_dir / MODEL_FOLDER``, with a model card and a
+    """The chosen weights as the published hub folder ``output_dir / MODEL_FOLDER``, with a model card and a
     rank-list picture of ``ranked`` (per-query results on ``data``'s query / gallery).
 
     Args:
-        best_folder: Hub folder holding the best weights (:class:`BestModel`).
+        weights: The run's :class:`PublishedWeights` (its folder, scores and how they were chosen).
         output_dir: Run directory.
         data: The evaluation data (``query`` / ``gallery`` splits).
         dataset: Spec of the evaluation data (its short name goes into the card's metadata).
-        best: Scalar metrics of ``best_folder`` (:func:`scalar_metrics`).
         ranked: ``evaluate_model(..., return_per_query=True)`` output to draw rank lists from.
         name: Model name in the card.
         summary: The card's first paragraph.
-        training: The card's training section.
+        training: The card's training section (:meth:`PublishedWeights.describe` is appended).
         base_model: Hub id the run started from, if any.
         extra_tags: More card tags (``unsupervised``, ``domain-adaptation``).
     """
-    model = pass_hub.PassViTForReID.from_pretrained(best_folder)
+    model = pass_hub.PassViTForReID.from_pretrained(weights.folder)
     short_name = dataset_name(dataset)
     version = data["query"].info.config_name if short_name.startswith("msmt17") else None
     picture = "rank_list.png"
+    chosen = "final weights" if weights.selection == "final" else f"best of {weights.evaluations} test evaluations"
     card = render_model_card(
         model.config,
         kind="reid",
         title=name,
         summary=summary,
         card_data=reid_card_data(
-            model_name=name, dataset_name=short_name, dataset_id=short_name, results=best,
+            model_name=name, dataset_name=short_name, dataset_id=short_name, results=weights.metrics,
             base_model=base_model, dataset_config=version, extra_tags=extra_tags,
         ),
-        training=training,
-        results_table=results_table({f"{name} ({short_name}, no re-ranking)": best}),
+        training=f"{training} {weights.describe()}",
+        results_table=results_table({f"{name} ({short_name}, no re-ranking, {chosen})": weights.metrics}),
         pictures=f"Ranked gallery lists of a few queries (green: same identity):\n\n![rank lists]({picture})",
     )
     save_rank_lists(ranked, data["query"], data["gallery"], output_dir / picture)
@@ -247,7 +297,7 @@ def finish_run(
     accelerator,
     model,
     data,
-    best: BestModel,
+    weights: PublishedWeights,
     results: dict[str, Any],
     *,
     started: float,
@@ -255,15 +305,15 @@ def finish_run(
     describe: Callable[[dict[str, Any]], dict[str, Any]],
     checked: Sequence[torch.Tensor] = (),
 ) -> dict[str, Any]:
-    """The end of a ReID run: final evaluation, best model, ``results.json``, the published folder, the upload.
+    """The end of a ReID run: final evaluation, the published weights, ``results.json``, the folder, the upload.
 
     Args:
-        args: The script's flags (``output_dir``, ``dataset``, evaluation and hub flags).
+        args: The script's flags (``output_dir``, ``dataset``, evaluation and hub flags, ``resolved``).
         accelerator: The run's accelerator.
         model: The trained (prepared) model.
         data: Evaluation data (``query`` / ``gallery``).
-        best: The run's :class:`BestModel`.
-        results: What the script reports; completed here with metrics, process count and wall time.
+        weights: The run's :class:`PublishedWeights`.
+        results: What the script reports; completed here with metrics, the recipe, process count and wall time.
         started: ``time.perf_counter()`` at the start of the run.
         base_model: Hub id the run started from (card metadata).
         describe: ``results`` -> :func:`publish`'s ``name``, ``summary``, ``training`` (and ``extra_tags``).
@@ -271,24 +321,27 @@ def finish_run(
     """
     final = evaluate(model, data, args, accelerator, return_per_query=True)
     unwrapped = accelerator.unwrap_model(model)
-    best.consider(final, results["steps"], unwrapped, accelerator)
+    weights.consider(final, results["steps"], unwrapped, accelerator, final=True)
     results.update(
+        recipe=args.resolved.recipe.name,
+        overridden=args.resolved.overridden,
         final=scalar_metrics(final),
-        best=best.metrics,
-        best_step=best.step,
+        published={"selection": weights.selection, "step": weights.step, "evaluations": weights.evaluations,
+                   "metrics": weights.metrics},
         num_processes=accelerator.num_processes,
         replicas_in_sync=runtime.replicas_in_sync(accelerator, [*unwrapped.parameters(), *checked]),
         wall_time_seconds=time.perf_counter() - started,
     )
     if accelerator.is_main_process:
         output_dir = Path(args.output_dir)
-        folder = publish(best.folder, output_dir, data=data, dataset=args.dataset, best=best.metrics,
-                         ranked=best.details or final, base_model=base_model, **describe(results))
+        folder = publish(weights, output_dir, data=data, dataset=args.dataset, ranked=weights.details or final,
+                         base_model=base_model, **describe(results))
         results["model"] = str(folder)
         write_json_atomic(output_dir / "results.json", results)
+        metrics = weights.metrics
         accelerator.print(
-            f"mAP {100 * best.metrics['mAP']:.1f}, Rank-1 {100 * best.metrics['rank1']:.1f}, "
-            f"mINP {100 * best.metrics['mINP']:.1f} (step {best.step}); "
+            f"mAP {100 * metrics['mAP']:.1f}, Rank-1 {100 * metrics['rank1']:.1f}, mINP {100 * metrics['mINP']:.1f} "
+            f"({'final' if weights.selection == 'final' else 'best test evaluation'}, step {weights.step}); "
             f"{runtime.seconds_to_text(results['wall_time_seconds'])}; model in {folder}"
         )
         if args.push_to_hub:

@@ -33,18 +33,16 @@ CHECKPOINT_PREFIX = "step_"
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, *, default_output_dir: str) -> None:
-    """Flags every training script takes (run length, batch, checkpoints, logging)."""
+    """Flags every training script takes that say where and how a run executes, not what it is (checkpoints,
+    logging, workers, accumulation); what it is comes from ``--recipe`` (:mod:`training.recipes`)."""
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", default=default_output_dir, help="run directory (checkpoints, logs, model)")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--epochs", type=int, default=None, help="training epochs (the script's default if omitted)")
-    run.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
-    run.add_argument("--batch_size", type=int, default=None, help="images per process per step")
-    run.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    run.add_argument("--max_steps", type=int, default=None,
+                     help="stop after this many optimizer steps (the schedules still span the whole run)")
+    run.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                     help="micro-batches per optimiser step: each process takes global_batch_size / (processes x "
+                     "this) images at a time")
     run.add_argument("--num_workers", type=int, default=2, help="DataLoader workers per process")
-    run.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
-                     help="overrides accelerate's config; on a CPU fp16 falls back to fp32, and bf16 pays off only "
-                     "with bf16 units (AMX)")
     run.add_argument("--resume", nargs="?", const="latest", default=None,
                      help="resume from the latest checkpoint in output_dir, or from the given checkpoint folder")
     run.add_argument("--save_every_steps", type=int, default=100, help="checkpoint period in optimizer steps")
@@ -65,13 +63,17 @@ def _default_tracker() -> str:
 
 
 def start_run(args: argparse.Namespace) -> tuple[Accelerator, Path, float]:
-    """Check the output folder, build the accelerator; returns it, the output folder and the start time."""
+    """Check the output folder, build the accelerator, print the recipe; returns the accelerator, the output
+    folder and the start time."""
     check_fresh_output_dir(args)
-    return make_accelerator(args), Path(args.output_dir), time.perf_counter()
+    accelerator = make_accelerator(args)
+    accelerator.print(args.resolved.describe())
+    return accelerator, Path(args.output_dir), time.perf_counter()
 
 
 def make_accelerator(args: argparse.Namespace) -> Accelerator:
-    """An Accelerator with seedable sampling (the shuffling order depends only on seed and epoch)."""
+    """An Accelerator with the settings' precision and seedable sampling (the order depends only on seed and
+    epoch); the cuDNN flags of the settings that have them."""
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -84,8 +86,28 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
         # accelerate drops fp16 autocast on a CPU without a word; bf16 is the CPU's mixed precision.
         accelerator.print("--mixed_precision fp16 runs in fp32 on a CPU; use bf16 for mixed precision here")
     set_seed(args.seed)
+    if hasattr(args, "cudnn_benchmark"):
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
+        torch.backends.cudnn.deterministic = args.cudnn_deterministic
     return accelerator
 
+
+def per_process_batch(args: argparse.Namespace, accelerator: Accelerator) -> int:
+    """Images each process takes per micro-batch: ``global_batch_size / (processes x accumulation steps)``."""
+    shares = accelerator.num_processes * args.gradient_accumulation_steps
+    if args.global_batch_size % shares:
+        raise SystemExit(
+            f"--global_batch_size {args.global_batch_size} does not split over {accelerator.num_processes} "
+            f"process(es) x {args.gradient_accumulation_steps} accumulation step(s)"
+        )
+    return args.global_batch_size // shares
+
+
+def optimizer_steps(micro_batches: int, accelerator: Accelerator, accumulation: int) -> int:
+    """Optimiser steps one process takes over ``micro_batches`` batches of a prepared loader: accelerate deals
+    whole batches to processes in turn (padding the last round) and steps at the end of the loader."""
+    per_process = -(-micro_batches // accelerator.num_processes)
+    return -(-per_process // accumulation)
 
 class StepMeans:
     """Values averaged over the micro-batches of one optimiser step, then over processes, for the log.
@@ -223,14 +245,15 @@ class RunMonitor:
         )
         self._tick = time.perf_counter()
 
-    def batches(self, loader: Any, steps_per_epoch: int, *epoch_aware: Any) -> Iterator[tuple[int, Any]]:
+    def batches(self, loader: Any, epoch_steps: Sequence[int], *epoch_aware: Any) -> Iterator[tuple[int, Any]]:
         """Yield ``(epoch, batch)`` from where the run stands until it is finished.
 
-        Each epoch starts with ``set_epoch`` on ``epoch_aware`` (datasets, samplers, loaders), and a resumed run
-        skips the batches its epoch already consumed, so the data order is that of an uninterrupted run.
+        ``epoch_steps`` holds the optimiser steps of every epoch (they differ when the sampler's epochs do). Each
+        epoch starts with ``set_epoch`` on ``epoch_aware`` (datasets, samplers, loaders), and a resumed run skips
+        the batches its epoch already consumed, so the data order is that of an uninterrupted run.
         """
         while not self.finished:
-            epoch, done_in_epoch = divmod(self.state.step, steps_per_epoch)
+            epoch, done_in_epoch = epoch_at(self.state.step, epoch_steps)
             for item in epoch_aware:
                 item.set_epoch(epoch)
             skip = done_in_epoch * self.args.gradient_accumulation_steps
@@ -269,6 +292,21 @@ class RunMonitor:
         self.progress.close()
         if self.accelerator.is_main_process:
             write_history(self.state.history, self.output_dir, self.logged_keys)
+
+
+def epoch_at(step: int, epoch_steps: Sequence[int]) -> tuple[int, int]:
+    """The epoch optimiser step ``step`` (0-based) falls in, and the steps of that epoch before it.
+
+    Example:
+        >>> epoch_at(5, [3, 4, 4]), epoch_at(3, [3, 4, 4])
+        ((1, 2), (1, 0))
+    """
+    done = 0
+    for epoch, steps in enumerate(epoch_steps):
+        if step < done + steps:
+            return epoch, step - done
+        done += steps
+    raise ValueError(f"step {step} is past the {done} steps of the run")
 
 
 def check_fresh_output_dir(args: argparse.Namespace) -> None:

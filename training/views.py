@@ -1,8 +1,9 @@
 """The PASS multi-crop views: 2 global views and, per horizontal stripe, several local crops (spec §3).
 
 Geometry: the image is cut into ``num_stripes`` horizontal stripes, each ``2 / (num_stripes + 1)`` of the height
-and overlapping its neighbour by half (3 stripes: rows [0, 0.5H), [0.25H, 0.75H), [0.5H, H)). Local crops of
-stripe k are drawn inside stripe k only, so the [PART_k] token they carry always sees the same body region.
+and overlapping its neighbour by half (3 stripes: rows [0, 0.5H), [0.25H, 0.75H), [0.5H, H), rounded down as the
+original does). Local crops of stripe k are drawn inside stripe k only, so the [PART_k] token they carry always
+sees the same body region.
 
 Photometric recipe (DINO): flip 0.5; colour jitter (0.4, 0.4, 0.2, 0.1) with p 0.8; grayscale 0.2; Gaussian
 blur with radius U(0.1, 2.0) with p 1.0 (global view 1), 0.1 (global view 2, plus solarize 0.2) and 0.5
@@ -52,9 +53,16 @@ class ViewConfig:
 
 
 def stripe_bounds(height: int, num_stripes: int) -> list[tuple[int, int]]:
-    """Row ranges [top, bottom) of the half-overlapping stripes of an image of ``height`` rows."""
-    step = height / (num_stripes + 1)
-    return [(round(k * step), round((k + 2) * step)) for k in range(num_stripes)]
+    """Row ranges [top, bottom) of the half-overlapping stripes of an image of ``height`` rows, cut as the original
+    code cuts them: stripe k starts at ``int(k * height / (S + 1))`` and has ``int(2 * height / (S + 1))`` rows
+    (3 stripes: tops 0, int(0.25 H), int(0.5 H), height int(0.5 H)).
+
+    Example:
+        >>> stripe_bounds(90, 3)
+        [(0, 45), (22, 67), (45, 90)]
+    """
+    tops = [int(k * height / (num_stripes + 1)) for k in range(num_stripes)]
+    return [(top, top + int(2 * height / (num_stripes + 1))) for top in tops]
 
 
 class RandomGaussianBlur(torch.nn.Module):
