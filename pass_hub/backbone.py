@@ -175,6 +175,8 @@ class PassVisionTransformer(VisionTransformer):
             batch, height, width, dim = x.shape
             pos_embed = self.pos_embed_for_grid((height, width))
             x = x.view(batch, -1, dim)
+        elif self.pos_embed_resampling == "original":  # resampled even at the trained grid
+            pos_embed = self.pos_embed_for_grid(tuple(self.patch_embed.grid_size))
         else:
             pos_embed = self.pos_embed
         prefix = torch.cat([self.cls_token, self.reg_token], dim=1).expand(x.shape[0], -1, -1)

@@ -99,7 +99,7 @@ def init_tokens_as_original(backbone: PassVisionTransformer) -> None:
     Example:
         >>> backbone = PassVisionTransformer(img_size=(64, 32), embed_dim=16, depth=1, num_heads=1)
         >>> init_tokens_as_original(backbone)
-        >>> bool(backbone.pos_embed[0, 0].eq(0).all()), 0.005 < float(backbone.reg_token.std()) < 0.05
+        >>> bool(backbone.pos_embed[0, 0].eq(0).all()), 0.005 < float(backbone.reg_token.detach().std()) < 0.05
         (True, True)
     """
     with torch.no_grad():
