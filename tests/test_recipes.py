@@ -8,10 +8,12 @@ read from training/recipes.py.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from training import finetune, pretrain, usl
+from training.recipes import RECIPES
 
 PRETRAIN_VIT_S = {
     "data": "image_folder", "image_size": [256, 128], "local_image_size": [128, 64], "global_crop_scale": [0.4, 1.0],
@@ -161,3 +163,14 @@ def test_a_recipe_that_needs_data_says_so(tmp_path):
     with pytest.raises(SystemExit, match=r"no such file; this recipe needs .*pass_vit_small_full\.pth"):
         finetune.load_initial_backbone("pass_vit_small_full.pth", finetune.parse_args(
             ["--recipe", "market_vit_small_256"]).resolved.recipe.needs)
+
+
+def test_the_readme_table_lists_every_recipe_with_its_original_and_command():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("| recipe | original script |"):readme.index("Notes on the table")]
+    for recipes in RECIPES.values():
+        for name, recipe in recipes.items():
+            if name == "cpu_demo":
+                continue
+            row = next(line for line in table.splitlines() if line.startswith(f"| `{name}` |"))
+            assert f"`{recipe.original}`" in row and recipe.command("") in row, name

@@ -368,9 +368,10 @@ def _finetune(name: str, original: str, preset: str, dataset: str, size: int, se
                   needs=f"{data} (--data_dir DIR) and {WEIGHTS.format(init)}")
 
 
-def _cluster(name: str, original: str, init: str | None, needs: str, **changes: Any) -> Recipe:
+def _cluster(name: str, original: str, init: str | None, needs: str, gpus: int, **changes: Any) -> Recipe:
+    # The original ran one DataParallel process over `gpus` GPUs: as many processes split the batch alike.
     return Recipe(name, "usl", f"PASS_cluster_contrast_reid/{original}", dataclasses.replace(_USL_MARKET, **changes),
-                  init=init, needs=needs)
+                  init=init, needs=needs, launch=f"--multi_gpu --num_processes {gpus}")
 
 
 RECIPES: dict[str, dict[str, Recipe]] = {
@@ -406,18 +407,18 @@ RECIPES: dict[str, dict[str, Recipe]] = {
                                init="pass_vit_tiny", needs="nothing (SynthPerson; random init unless --init)"),
         **{recipe.name: recipe for recipe in (
             _cluster("market_usl_vit_small", "market_usl_cat_singleneck.sh", PASS_S,
-                     f"Market-1501 (--data_dir DIR) and {WEIGHTS.format(PASS_S)}"),
+                     f"Market-1501 (--data_dir DIR) and {WEIGHTS.format(PASS_S)}", gpus=4),
             _cluster("msmt17_usl_vit_small", "msmt_usl_mean_singleneck.sh", PASS_S,
-                     f"MSMT17 V1 (--data_dir DIR) and {WEIGHTS.format(PASS_S)}",
+                     f"MSMT17 V1 (--data_dir DIR) and {WEIGHTS.format(PASS_S)}", gpus=2,
                      dataset="msmt17", feature_fusion="mean", eps=0.7, eval_every=50),
             _cluster("msmt17_to_market_vit_small", "market_uda_cat.sh", None,
                      "Market-1501 (--data_dir DIR) and a model fine-tuned on MSMT17 by finetune.py --recipe "
-                     "msmt17_vit_small_256 (--init FOLDER)",
+                     "msmt17_vit_small_256 (--init FOLDER)", gpus=4,
                      source_dataset="msmt17", neck="per_token", normalize_neck_outputs=True),
             _cluster("market_to_msmt17_vit_small", "msmt_uda_mean.sh", None,
                      "MSMT17 V1 (--data_dir DIR) and a model fine-tuned on Market-1501 by finetune.py --recipe "
                      "market_vit_small_256 --feature_fusion mean (--init FOLDER; no such source script was "
-                     "released, its path implies mean fusion)",
+                     "released, its path implies mean fusion)", gpus=2,
                      dataset="msmt17", source_dataset="market1501", neck="per_token", feature_fusion="mean",
                      normalize_neck_outputs=True, eps=0.7),
         )},
