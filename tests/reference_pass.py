@@ -7,6 +7,7 @@ Deliberately plain and separate from ``pass_hub``: the original key names (``par
 from __future__ import annotations
 
 import argparse
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -61,9 +62,15 @@ class ReferencePatchEmbed(nn.Module):
 class ReferencePassViT(nn.Module):
     """The original PASS backbone layout with randomised (non-trivial) parameters."""
 
-    def __init__(self, dim: int = 128, depth: int = 2, heads: int = 2, grid: tuple[int, int] = (16, 8)) -> None:
+    def __init__(
+        self, dim: int = 128, depth: int = 2, heads: int = 2, grid: tuple[int, int] = (16, 8),
+        pretraining_positions: bool = False,
+    ) -> None:
         super().__init__()
         self.grid = grid
+        # The original pre-training code: the patch table resampled bicubically with the +0.1 scale factor on every
+        # forward, even at the trained grid (recipes.md section 1, "pos-emb").
+        self.pretraining_positions = pretraining_positions
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.5)
         for k in range(1, PARTS + 1):
             setattr(self, f"part_token{k}", nn.Parameter(torch.randn(1, 1, dim) * 0.5))
@@ -87,9 +94,14 @@ class ReferencePassViT(nn.Module):
         return getattr(self, f"part{k + 1}_pos")
 
     def patch_pos(self, grid: tuple[int, int]) -> torch.Tensor:
+        table = self.pos_embed.reshape(1, *self.grid, -1).permute(0, 3, 1, 2)
+        if self.pretraining_positions:
+            scale = ((grid[0] + 0.1) / self.grid[0], (grid[1] + 0.1) / self.grid[1])
+            table = F.interpolate(table, scale_factor=scale, mode="bicubic", align_corners=False,
+                                  recompute_scale_factor=False)
+            return table.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1)
         if grid == self.grid:
             return self.pos_embed
-        table = self.pos_embed.reshape(1, *self.grid, -1).permute(0, 3, 1, 2)
         table = F.interpolate(table, size=grid, mode="bilinear")
         return table.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1)
 
@@ -180,4 +192,136 @@ def pretraining_checkpoint(teacher: ReferencePassViT, student: ReferencePassViT)
         "args": argparse.Namespace(arch="vit_small", lr=0.0005, local_crops_number=9, out_dim=65536),
         "dino_loss": {"center": torch.zeros(1, 64), "center1": torch.zeros(1, 64)},
         "fp16_scaler": {"scale": 65536.0, "growth_factor": 2.0},
+    }
+
+
+class ReferenceMultiHead(nn.Module):
+    """The original PASS head: one module with a branch per token type, ``mlp_cls`` / ``mlp_pt1..3`` (Linear-GELU-
+    Linear-GELU-Linear) and weight-normalised ``last_layer_cls`` / ``last_layer_pt1..3`` with ``weight_g`` fixed."""
+
+    def __init__(self, dim: int, out_dim: int, hidden: int, bottleneck: int) -> None:
+        super().__init__()
+        self.branches = ["cls", *(f"pt{k}" for k in range(1, PARTS + 1))]
+        for branch in self.branches:
+            mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                nn.Linear(hidden, bottleneck))
+            setattr(self, f"mlp_{branch}", mlp)
+            with warnings.catch_warnings():  # the deprecated form is the one with the original's key names
+                warnings.simplefilter("ignore", FutureWarning)
+                last = nn.utils.weight_norm(nn.Linear(bottleneck, out_dim, bias=False))
+            last.weight_g.data.fill_(1.0)
+            last.weight_g.requires_grad = False
+            setattr(self, f"last_layer_{branch}", last)
+
+    def branch(self, index: int, features: torch.Tensor) -> torch.Tensor:
+        name = self.branches[index]
+        hidden = F.normalize(getattr(self, f"mlp_{name}")(features), dim=-1)
+        return getattr(self, f"last_layer_{name}")(hidden)
+
+
+class ReferencePassDINO(nn.Module):
+    """Backbone + head as the original's ``MultiCropWrapper``: state-dict keys ``backbone.*`` and ``head.*``."""
+
+    def __init__(self, backbone: ReferencePassViT, head: ReferenceMultiHead) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def global_outputs(self, view: torch.Tensor) -> list[torch.Tensor]:
+        tokens = self.backbone(view)
+        return [self.head.branch(t, tokens[:, t]) for t in range(1 + PARTS)]
+
+    def local_outputs(self, view: torch.Tensor, stripe: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.backbone.forward_local(view, stripe)
+        return self.head.branch(0, tokens[:, 0]), self.head.branch(1 + stripe, tokens[:, 1])
+
+
+def original_param_groups(model: nn.Module) -> list[dict]:
+    """The original's AdamW groups: 0 = not a bias and not 1-D (scheduled weight decay), 1 = the rest (none)."""
+    regularized, not_regularized = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (not_regularized if name.endswith(".bias") or param.ndim == 1 else regularized).append(param)
+    return [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
+
+
+def reference_pretraining_step(
+    student: ReferencePassDINO,
+    teacher: ReferencePassDINO,
+    centers: list[torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    global_views: list[torch.Tensor],
+    local_views: list[torch.Tensor],
+    *,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    teacher_temp: float,
+    epoch: int,
+    student_temp: float = 0.1,
+    center_momentum: float = 0.9,
+    clip_grad: float = 3.0,
+    freeze_last_layer: int = 1,
+) -> tuple[float, list[torch.Tensor]]:
+    """One iteration of the original ``train_one_epoch`` as recipes.md section 1 states it, on the original
+    layout; ``local_views`` come stripe by stripe. Returns the loss and the new centers."""
+    for index, group in enumerate(optimizer.param_groups):
+        group["lr"] = lr
+        if index == 0:
+            group["weight_decay"] = weight_decay
+    with torch.no_grad():
+        teacher_out = [teacher.global_outputs(view) for view in global_views]
+    student_global = [student.global_outputs(view) for view in global_views]
+    crops = len(local_views) // PARTS
+    student_local = [student.local_outputs(view, index // crops) for index, view in enumerate(local_views)]
+
+    def term(target: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        return -(target * F.log_softmax(output / student_temp, dim=-1)).sum(-1).mean()
+
+    terms = []
+    for i in range(2):
+        targets = [F.softmax((teacher_out[i][t] - centers[t]) / teacher_temp, dim=-1) for t in range(1 + PARTS)]
+        for j in range(2):
+            if j != i:
+                terms += [term(targets[t], student_global[j][t]) for t in range(1 + PARTS)]
+        for index, (cls_out, part_out) in enumerate(student_local):
+            terms += [term(targets[0], cls_out), term(targets[1 + index // crops], part_out)]
+    loss = torch.stack(terms).mean()
+    new_centers = [
+        centers[t] * center_momentum + torch.cat([out[t] for out in teacher_out]).mean(0, keepdim=True)
+        * (1 - center_momentum)
+        for t in range(1 + PARTS)
+    ]
+    optimizer.zero_grad()
+    loss.backward()
+    for param in student.parameters():
+        if param.grad is not None:
+            coefficient = clip_grad / (param.grad.norm(2) + 1e-6)
+            if coefficient < 1:
+                param.grad.mul_(coefficient)
+    if epoch < freeze_last_layer:
+        for name, param in student.named_parameters():
+            if "last_layer" in name:
+                param.grad = None
+    optimizer.step()
+    with torch.no_grad():
+        for student_param, teacher_param in zip(student.parameters(), teacher.parameters(), strict=True):
+            teacher_param.mul_(momentum).add_((1 - momentum) * student_param.detach())
+    return loss.item(), new_centers
+
+
+def original_pretraining_checkpoint(
+    student: ReferencePassDINO, teacher: ReferencePassDINO, centers: list[torch.Tensor],
+    optimizer: torch.optim.Optimizer, epoch: int, arch: str = "vit_tiny",
+) -> dict:
+    """``checkpoint.pth`` exactly as ``main_pass.py`` saves it (student DDP-wrapped, so ``module.``-prefixed)."""
+    return {
+        "student": {f"module.{k}": v.clone() for k, v in student.state_dict().items()},
+        "teacher": {k: v.clone() for k, v in teacher.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "args": argparse.Namespace(arch=arch, out_dim=centers[0].shape[-1], local_crops_number=9),
+        "dino_loss": {name: c.clone() for name, c in zip(("center_cls", "center_pt1", "center_pt2", "center_pt3"),
+                                                          centers, strict=True)},
+        "fp16_scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                        "_growth_tracker": 0},
     }

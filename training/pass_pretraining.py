@@ -108,10 +108,16 @@ def init_tokens_as_original(backbone: PassVisionTransformer) -> None:
         backbone.pos_embed[:, 0].zero_()
 
 
-def new_network(settings: PretrainSettings, drop_path_rate: float) -> PartAwareDINO:
-    """A student (or, with ``drop_path_rate=0``, teacher) network with fresh weights for ``settings``."""
+def new_network(
+    settings: PretrainSettings, drop_path_rate: float, trained_size: tuple[int, int] | None = None
+) -> PartAwareDINO:
+    """A student (or, with ``drop_path_rate=0``, teacher) network with fresh weights for ``settings``.
+
+    ``trained_size`` is the input the position table is laid out for (default: the global views' size); a
+    network continued from a checkpoint keeps the checkpoint's.
+    """
     backbone = PassVisionTransformer(
-        img_size=tuple(settings.image_size),
+        img_size=tuple(trained_size or settings.image_size),
         patch_size=16,
         num_classes=0,
         dynamic_img_size=True,
@@ -213,13 +219,17 @@ class PassPretrainer:
     teacher's EMA over backbone and heads. Under gradient accumulation the optimizer, centers and teacher move
     once per ``gradient_accumulation_steps`` calls, on every micro-batch's outputs.
 
-    A test drives it without a script::
+    A test drives it without a script (``tests/test_pretrain_init.py`` does exactly this)::
 
-        accelerator = Accelerator(cpu=True)
-        trainer = PassPretrainer.build(settings, steps_per_epoch=10, accelerator=accelerator,
-                                       networks=(student, teacher), centers=centers)  # e.g. from a checkpoint
-        loss = trainer.step([global_1, global_2], local_views, iteration=0).loss  # local_views: by stripe
-        trainer.student_network, trainer.teacher, trainer.centers.centers   # the state after the step
+        start = load_pretraining_start("checkpoint.pth")       # training.pretraining_checkpoints
+        settings = start.settings_for(settings)                 # the checkpoint's architecture
+        student, teacher, centers = start.networks(settings)
+        trainer = PassPretrainer.build(settings, steps_per_epoch, Accelerator(cpu=True),
+                                       networks=(student, teacher), centers=centers)
+        start.load_optimizer(trainer.optimizer, trainer.student_network)   # the original's AdamW moments
+        loss = trainer.step([global_1, global_2], local_views, iteration=1).loss
+        to_original_layout(trainer.teacher.state_dict(), trainer.teacher)   # read back, original key names
+        trainer.student_network, trainer.centers.centers                    # the student and the four centers
 
     where ``global_i`` are (B, 3, H, W) tensors and ``local_views`` the ``3 x C`` (B, 3, h, w) tensors of stripe 1,
     then 2, then 3 (the original's list of crops after the two globals), or the same as two stacked tensors.

@@ -4,6 +4,8 @@
     accelerate launch --multi_gpu --num_processes 8 training/pretrain.py --recipe pass_vit_small_lup \\
         --data image_folder --data_dir /data/LUPerson                   # PASS/script/vit-s_full_lup-pass.sh
     accelerate launch training/pretrain.py --recipe pass_vit_small_lup --print_config   # its settings, as JSON
+    accelerate launch training/pretrain.py --recipe pass_vit_small_lup --init checkpoint.pth \\
+        --data image_folder --data_dir /my/crops                        # continue the original on your own crops
 
 The student sees 2 global and 3 x C local views, the teacher (an EMA of the student) the global views only;
 four heads (CLS, PART1-3) and four centers. At the end the teacher backbone is published as a hub folder.
@@ -31,6 +33,7 @@ from training import recipes, runtime
 from training.data import SeededTransformDataset, dataset_spec
 from training.losses import teacher_collapse_stats
 from training.pass_pretraining import NUM_STRIPES, PassPretrainer
+from training.pretraining_checkpoints import PretrainingStart, load_pretraining_start
 from training.views import PassViews, ViewConfig
 
 MODEL_FOLDER = "pass-vit-pretrained"
@@ -49,9 +52,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("--data_dir", default=None, help="folder of the --data loader (same as --data NAME:DIR)")
     inputs.add_argument("--split", default=None, help="split to pre-train on (default: 'unlabelled', else 'train')")
+    inputs.add_argument("--init", default=None,
+                        help="start from an original checkpoint.pth, a pass-hub pre-training run folder (student, "
+                        "teacher, heads and centers), or a backbone (pass_vit_small_full.pth, a pass-hub folder: new "
+                        "heads); its architecture replaces the recipe's")
+    inputs.add_argument("--init_optimizer", action="store_true",
+                        help="with --init: also take its optimizer state, epoch and fp16 scaler (a true resume)")
     parser.add_argument("--skip_frozen_eval", action="store_true",
                         help="skip the frozen-feature ReID evaluation (run when the data has query/gallery splits)")
-    return recipes.parse_script_args(parser, "pretrain", argv, inputs=("data_dir", "split"))
+    args = recipes.parse_script_args(parser, "pretrain", argv, inputs=("data_dir", "split", "init"))
+    if args.init_optimizer and not args.init:
+        parser.error("--init_optimizer needs --init")
+    return args
+
+
+def load_start(args: argparse.Namespace) -> PretrainingStart | None:
+    """What ``--init`` names; its architecture becomes the run's settings (reported as overrides)."""
+    if args.init is None:
+        return None
+    try:
+        start = load_pretraining_start(args.init)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(str(err) if str(args.init) in str(err) else f"--init {args.init}: {err}") from None
+    settings = start.settings_for(args.settings)
+    args.resolved = args.resolved.with_settings(settings, "--init")
+    args.settings = settings
+    for name, value in vars(settings).items():
+        setattr(args, name, value)
+    return start
 
 
 def load_images(args: argparse.Namespace):
@@ -96,7 +124,10 @@ def backbone_config(args: argparse.Namespace) -> pass_hub.PassViTConfig:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    start = load_start(args)
     accelerator, output_dir, started = runtime.start_run(args)
+    if start is not None:
+        accelerator.print(f"--init {start.describe()}")
 
     with accelerator.main_process_first():
         dataset_dict, images = load_images(args)
@@ -117,8 +148,15 @@ def main(argv: list[str] | None = None) -> dict:
     steps_per_epoch = len(loader) // args.gradient_accumulation_steps
     if steps_per_epoch == 0:
         raise SystemExit(f"{len(loader)} batches per process are fewer than --gradient_accumulation_steps")
-    trainer = PassPretrainer.build(args.settings, steps_per_epoch, accelerator)
     state = runtime.TrainingState()
+    if start is None:
+        trainer = PassPretrainer.build(args.settings, steps_per_epoch, accelerator)
+    else:
+        student, teacher, centers = start.networks(args.settings)
+        trainer = PassPretrainer.build(args.settings, steps_per_epoch, accelerator, networks=(student, teacher),
+                                       centers=centers)
+        if args.init_optimizer:
+            resume_original(start, trainer, state, accelerator)
     accelerator.register_for_checkpointing(trainer.teacher, trainer.centers, state)
 
     schedule_length = args.epochs * steps_per_epoch  # schedules span the full run even when --max_steps cuts it
@@ -174,6 +212,8 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": state.step,
         "epochs": args.epochs,
         "global_batch": args.global_batch_size,
+        "steps_per_epoch": steps_per_epoch,
+        "init": start.describe() if start else None,
         "final_loss": state.history[-1]["loss"] if state.history else None,
         "replicas_in_sync": in_sync,
         "num_processes": accelerator.num_processes,
@@ -191,6 +231,22 @@ def main(argv: list[str] | None = None) -> dict:
             accelerator.print(results_table(results["frozen_eval"]))
     accelerator.end_training()
     return results
+
+
+def resume_original(
+    start: PretrainingStart, trainer: PassPretrainer, state: runtime.TrainingState, accelerator
+) -> None:
+    """``--init_optimizer``: the source's optimizer state and fp16 scaler, and its epoch as the run's start."""
+    if start.epoch is None:
+        raise SystemExit(f"--init_optimizer: {start.source} does not say which epoch it reached")
+    try:
+        start.load_optimizer(trainer.optimizer, trainer.student_network)
+    except ValueError as err:
+        raise SystemExit(f"--init_optimizer: {err}") from None
+    if start.scaler and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(start.scaler)
+    state.step = start.epoch * trainer.schedules.steps_per_epoch
+    accelerator.print(f"--init_optimizer: continuing at epoch {start.epoch} (step {state.step}) with its optimizer")
 
 
 def method_name(args: argparse.Namespace) -> str:

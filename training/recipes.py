@@ -452,9 +452,22 @@ class ResolvedRecipe:
         if not self.overridden:
             return text + ", no setting overridden"
         changes = ", ".join(
-            f"{name} {_text(values['recipe'])} -> {_text(values['given'])}" for name, values in self.overridden.items()
+            f"{name} {_text(values['recipe'])} -> {_text(values['given'])}"
+            + (f" (from {values['by']})" if "by" in values else "")
+            for name, values in self.overridden.items()
         )
         return text + f" with {len(self.overridden)} setting(s) overridden: {changes}"
+
+    def with_settings(self, settings: Any, source: str) -> ResolvedRecipe:
+        """These settings replaced by ``settings`` (e.g. the architecture a checkpoint fixes); each changed value
+        is reported as overridden by ``source``."""
+        overridden = dict(self.overridden)
+        for name in setting_names(type(settings)):
+            value, before = getattr(settings, name), getattr(self.settings, name)
+            if value != before:
+                recipe_value = overridden.get(name, {"recipe": getattr(self.recipe.settings, name)})["recipe"]
+                overridden[name] = {"recipe": recipe_value, "given": value, "by": source}
+        return ResolvedRecipe(self.recipe, settings, overridden)
 
     def to_json(self, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
         return {

@@ -1,0 +1,205 @@
+"""Continuing pre-training from the original checkpoints: loading every source strictly, and two steps of
+``PassPretrainer`` from an original-layout checkpoint against a loop written from recipes.md section 1."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from reference_pass import (
+    ReferenceMultiHead,
+    ReferencePassDINO,
+    ReferencePassViT,
+    original_param_groups,
+    original_pretraining_checkpoint,
+    reference_pretraining_step,
+)
+from script_runs import ROOT, run_script
+
+from training.pass_pretraining import PassPretrainer, PretrainSchedules
+from training.pretraining_checkpoints import (
+    centers_to_original,
+    load_pretraining_start,
+    original_checkpoint,
+    to_original_layout,
+)
+from training.recipes import RECIPES
+
+BATCH, OUT, HIDDEN, BOTTLENECK = 2, 64, 32, 16
+# The paper's ViT-S recipe on a ViT-tiny at 64x32 (locals 32x16): every original behaviour, CPU-sized.
+SETTINGS = dataclasses.replace(
+    RECIPES["pretrain"]["pass_vit_small_lup"].settings, image_size=(64, 32), local_image_size=(32, 16),
+    drop_path_rate=0.0, global_batch_size=BATCH, warmup_epochs=0, mixed_precision="no",
+)
+STEPS_PER_EPOCH = 2
+
+
+def reference_networks(seed: int = 0) -> tuple[ReferencePassDINO, ReferencePassDINO]:
+    def network() -> ReferencePassDINO:
+        backbone = ReferencePassViT(dim=192, depth=12, heads=3, grid=(4, 2), pretraining_positions=True)
+        return ReferencePassDINO(backbone, ReferenceMultiHead(192, OUT, HIDDEN, BOTTLENECK))
+
+    torch.manual_seed(seed)
+    student, teacher = network(), network()
+    teacher.load_state_dict(student.state_dict())  # old-style weight norm cannot be deep-copied
+    return student, teacher.requires_grad_(False)
+
+
+def views(seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    return ([torch.randn(BATCH, 3, 64, 32, generator=generator) for _ in range(2)],
+            [torch.randn(BATCH, 3, 32, 16, generator=generator) for _ in range(9)])
+
+
+@pytest.fixture(scope="module")
+def original_run(tmp_path_factory):
+    """An original-layout checkpoint after one reference step (iteration 0), and the reference state."""
+    student, teacher = reference_networks()
+    centers = [torch.randn(1, OUT) * 0.1 for _ in range(4)]
+    optimizer = torch.optim.AdamW(original_param_groups(student))
+    schedules = PretrainSchedules.from_settings(SETTINGS, STEPS_PER_EPOCH)
+
+    def step(iteration: int) -> float:
+        nonlocal centers
+        loss, centers = reference_pretraining_step(
+            student, teacher, centers, optimizer, *views(iteration), lr=float(schedules.lr[iteration]),
+            weight_decay=float(schedules.weight_decay[iteration]), momentum=float(schedules.momentum[iteration]),
+            teacher_temp=float(schedules.teacher_temp[iteration // STEPS_PER_EPOCH]),
+            epoch=iteration // STEPS_PER_EPOCH,
+        )
+        return loss
+
+    step(0)
+    path = tmp_path_factory.mktemp("original") / "checkpoint.pth"
+    torch.save(original_pretraining_checkpoint(student, teacher, centers, optimizer, epoch=0), path)
+    losses = [step(1), step(2)]  # iteration 1: epoch 0, last layers frozen; iteration 2: epoch 1
+    return path, {"student": student, "teacher": teacher, "centers": centers, "losses": losses}
+
+
+def test_two_steps_from_an_original_checkpoint_equal_the_loop_reference(original_run):
+    path, reference = original_run
+    start = load_pretraining_start(str(path))
+    assert start.describe() == f"{path} (original pre-training checkpoint, epoch 0): student, teacher, 4 heads and " \
+                               "centers loaded"
+    settings = start.settings_for(SETTINGS)
+    assert (settings.preset, settings.out_dim, settings.head_hidden_dim, settings.head_bottleneck_dim) == (
+        "pass_vit_tiny", OUT, HIDDEN, BOTTLENECK)
+    student, teacher, centers = start.networks(settings)
+    trainer = PassPretrainer.build(settings, STEPS_PER_EPOCH, Accelerator(cpu=True), networks=(student, teacher),
+                                   centers=centers)
+    start.load_optimizer(trainer.optimizer, trainer.student_network)
+    losses = [trainer.step(*views(iteration), iteration=iteration).loss.item() for iteration in (1, 2)]
+
+    assert losses == pytest.approx(reference["losses"], rel=1e-5)
+    for role, ours in (("student", trainer.student_network), ("teacher", trainer.teacher)):
+        expected = reference[role].state_dict()
+        got = to_original_layout(ours.state_dict(), ours)
+        assert got.keys() == expected.keys()
+        for key, tensor in expected.items():
+            torch.testing.assert_close(got[key], tensor, rtol=1e-4, atol=2e-5, msg=f"{role} {key}")
+    expected_centers = centers_to_original(torch.cat(reference["centers"]))
+    for key, tensor in centers_to_original(trainer.centers.centers).items():
+        torch.testing.assert_close(tensor, expected_centers[key], rtol=1e-5, atol=1e-6)
+
+
+def test_the_frozen_last_layers_are_skipped_not_zeroed(original_run):
+    # At iteration 1 (epoch 0) the prototype layers have no gradient: AdamW neither moves nor decays them.
+    path, _ = original_run
+    start = load_pretraining_start(str(path))
+    settings = start.settings_for(SETTINGS)
+    student, teacher, centers = start.networks(settings)
+    before = student.heads.heads[2].last_layer.parametrizations.weight.original1.detach().clone()
+    trainer = PassPretrainer.build(settings, STEPS_PER_EPOCH, Accelerator(cpu=True), networks=(student, teacher),
+                                   centers=centers)
+    start.load_optimizer(trainer.optimizer, trainer.student_network)
+    trainer.step(*views(1), iteration=1)
+    layer = trainer.student_network.heads.heads[2].last_layer.parametrizations.weight.original1
+    assert torch.equal(layer.detach(), before) and layer not in trainer.optimizer.state
+
+
+def _broken(path: Path, tmp_path: Path, change) -> str:
+    checkpoint = torch.load(path, weights_only=False)
+    change(checkpoint)
+    broken = tmp_path / "broken.pth"
+    torch.save(checkpoint, broken)
+    return str(broken)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["teacher"].pop("head.mlp_pt2.2.weight"), r"missing keys \(1\): head\.mlp_pt2\.2\.weight"),
+        (lambda c: c["student"].update({"module.head.extra.weight": torch.zeros(1)}),
+         r"\(student\).*unexpected keys \(1\): head\.extra\.weight"),
+        (lambda c: c["teacher"].update({"backbone.part_token2": torch.zeros(1, 1, 100)}),
+         r"mis-shaped \(1\): backbone\.part_token2: checkpoint \(1, 1, 100\) vs model \(1, 1, 192\)"),
+        (lambda c: c["dino_loss"].pop("center_pt3"), r"'dino_loss' lacks \['center_pt3'\]"),
+        (lambda c: c.pop("teacher"), "needs a 'teacher' state dict"),
+    ],
+)
+def test_bad_checkpoints_are_refused_naming_the_key(original_run, tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        load_pretraining_start(_broken(original_run[0], tmp_path, change))
+
+
+def test_a_pickle_outside_the_allow_list_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"student": {}, "teacher": {}, "hook": Path("x")}, path)
+    with pytest.raises(ValueError, match="refusing to unpickle"):
+        load_pretraining_start(str(path))
+
+
+def test_a_flat_backbone_starts_new_heads(tmp_path):
+    student, _ = reference_networks(1)
+    path = tmp_path / "pass_vit_tiny_full.pth"
+    torch.save(student.backbone.state_dict(), path)
+    start = load_pretraining_start(str(path))
+    assert start.describe().endswith("(backbone): backbone loaded into student and teacher; new heads and centers")
+    settings = start.settings_for(SETTINGS)
+    ours, teacher, centers = start.networks(settings)
+    assert centers is None and settings.out_dim == SETTINGS.out_dim  # heads from the settings
+    expected = student.backbone.state_dict()
+    got = to_original_layout(ours.state_dict(), ours)
+    for key, tensor in expected.items():
+        assert torch.equal(got[f"backbone.{key}"], tensor), key
+    assert torch.equal(teacher.backbone.cls_token, ours.backbone.cls_token)
+
+
+def test_original_checkpoint_round_trip(original_run, tmp_path):
+    start = load_pretraining_start(str(original_run[0]))
+    student, teacher, centers = start.networks(start.settings_for(SETTINGS))
+    written = tmp_path / "again.pth"
+    torch.save(original_checkpoint(student, teacher, centers.centers, epoch=3), written)
+    again = load_pretraining_start(str(written))
+    assert again.epoch == 3 and torch.equal(again.centers, start.centers)
+    assert all(torch.equal(again.teacher[k], v) for k, v in start.teacher.items())
+
+
+SCRIPT = ROOT / "training" / "pretrain.py"
+TOY = ["--data", "synthetic:train_ids=2,test_ids=1,unlabelled=16,distractors=0,image_size=64x32",
+       "--image_size", "64", "32", "--local_image_size", "32", "16", "--global_batch_size", "4", "--num_workers",
+       "0", "--report_to", "none", "--skip_frozen_eval"]
+
+
+def test_pretrain_continues_an_original_checkpoint_and_a_pass_hub_run(original_run, tmp_path):
+    out = tmp_path / "continued"
+    result = run_script(SCRIPT, [*TOY, "--recipe", "pass_vit_small_lup", "--init", str(original_run[0]),
+                                 "--init_optimizer", "--epochs", "2", "--warmup_epochs", "0",
+                                 "--output_dir", str(out)])
+    assert "student, teacher, 4 heads and centers loaded" in result.stdout
+    assert "preset pass_vit_small -> pass_vit_tiny (from --init)" in result.stdout
+    assert "continuing at epoch 0 (step 0)" in result.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"] == 8 and results["overridden"]["out_dim"] == {"recipe": 65536, "given": 64,
+                                                                            "by": "--init"}
+    # The run's own folder continues in turn: its latest checkpoint, heads and centers included.
+    again = tmp_path / "again"
+    result = run_script(SCRIPT, [*TOY, "--init", str(out), "--max_steps", "1", "--output_dir", str(again)])
+    assert f"--init {out} (pass-hub pre-training run, epoch 2): student, teacher, 4 heads and centers" in result.stdout
+    result = run_script(SCRIPT, [*TOY, "--init", str(tmp_path / "missing.pth"), "--output_dir",
+                                 str(tmp_path / "x")], check=False)
+    assert result.returncode != 0 and "no such file" in result.stderr and "Traceback" not in result.stderr
