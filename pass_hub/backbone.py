@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from timm.models._manipulate import checkpoint, checkpoint_seq
-from timm.models.vision_transformer import Block, VisionTransformer, init_weights_vit_timm
+from timm.models.vision_transformer import Block, VisionTransformer, global_pool_nlc, init_weights_vit_timm
 from torch import nn
 
 PASS_POOL = "pass"
@@ -149,14 +149,19 @@ class PassVisionTransformer(VisionTransformer):
         super().reset_classifier(num_classes, global_pool)
         self.head_hidden_size = self.embed_dim
 
+    # Written for TorchScript too (``torch.jit.script(model)``): no super(), no module-level dicts or strings.
     def pool(self, x: torch.Tensor, pool_type: str | None = None) -> torch.Tensor:
         pool_type = self.global_pool if pool_type is None else pool_type
-        if pool_type in PASS_POOLS:
-            return pool_parts(x, self.num_parts, PASS_POOLS[pool_type])
-        return super().pool(x, pool_type)
+        if pool_type == "pass":  # PASS_POOL (TorchScript reads no globals)
+            return pool_parts(x, self.num_parts, "cat")
+        if pool_type == "pass_mean":
+            return pool_parts(x, self.num_parts, "mean")
+        if self.attn_pool is not None:
+            return self.attn_pool(x)
+        return global_pool_nlc(x, pool_type=pool_type, num_prefix_tokens=self.num_prefix_tokens)
 
     # -------------------------------------------------------- position table
-    def pos_embed_for_grid(self, grid: tuple[int, int]) -> torch.Tensor:
+    def pos_embed_for_grid(self, grid: list[int]) -> torch.Tensor:
         """The (1, 1 + num_parts + h*w, D) position table for a patch grid; prefix positions kept as learned."""
         if self.pos_embed_resampling == "original":
             return original_pretraining_pos_embed(self.pos_embed, grid, self.patch_embed.grid_size,
@@ -173,10 +178,10 @@ class PassVisionTransformer(VisionTransformer):
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         if self.dynamic_img_size:
             batch, height, width, dim = x.shape
-            pos_embed = self.pos_embed_for_grid((height, width))
+            pos_embed = self.pos_embed_for_grid([height, width])
             x = x.view(batch, -1, dim)
         elif self.pos_embed_resampling == "original":  # resampled even at the trained grid
-            pos_embed = self.pos_embed_for_grid(tuple(self.patch_embed.grid_size))
+            pos_embed = self.pos_embed_for_grid(list(self.patch_embed.grid_size))
         else:
             pos_embed = self.pos_embed
         prefix = torch.cat([self.cls_token, self.reg_token], dim=1).expand(x.shape[0], -1, -1)
@@ -208,10 +213,10 @@ class PassVisionTransformer(VisionTransformer):
             if output_attentions:
                 x, probs = block_with_attention(block, x)
                 attentions.append(probs)
-            elif self.grad_checkpointing and self.training:
+            elif self.grad_checkpointing and self.training:  # timm's set_grad_checkpointing
                 x = checkpoint(block, x)
             else:
-                x = block(x)
+                x = block(x)  # a transformers PassViTLayer checkpoints itself when enabled
             hidden_states.append(x)
         return TokenOutputs(
             self.norm(x),
@@ -253,7 +258,7 @@ class PassVisionTransformer(VisionTransformer):
 
 
 def original_pretraining_pos_embed(
-    pos_embed: torch.Tensor, grid: tuple[int, int], trained_grid: tuple[int, int], num_prefix_tokens: int
+    pos_embed: torch.Tensor, grid: list[int], trained_grid: list[int], num_prefix_tokens: int
 ) -> torch.Tensor:
     """The position table the original pre-training code adds to a view with a ``grid`` of patches.
 
@@ -270,13 +275,12 @@ def original_pretraining_pos_embed(
     """
     prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     dim = pos_embed.shape[-1]
-    table = patches.reshape(1, *trained_grid, dim).permute(0, 3, 1, 2)
-    scale = ((grid[0] + 0.1) / trained_grid[0], (grid[1] + 0.1) / trained_grid[1])
+    table = patches.reshape(1, trained_grid[0], trained_grid[1], dim).permute(0, 3, 1, 2)
+    scale = [(grid[0] + 0.1) / trained_grid[0], (grid[1] + 0.1) / trained_grid[1]]
     table = F.interpolate(table.float(), scale_factor=scale, mode="bicubic", align_corners=False,
                           recompute_scale_factor=False).to(pos_embed.dtype)
-    if tuple(table.shape[-2:]) != tuple(grid):
-        got = tuple(table.shape[-2:])
-        raise ValueError(f"resampling the {trained_grid} position table for a {grid} grid gave {got}")
+    if table.shape[-2] != grid[0] or table.shape[-1] != grid[1]:
+        raise ValueError("the resampled position table does not have the grid's size")
     return torch.cat([prefix, table.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
 
 
@@ -286,7 +290,7 @@ def fuse_tokens(cls: torch.Tensor, parts: torch.Tensor, fusion: str = "cat") -> 
         return torch.cat([cls, parts], dim=-1)
     if fusion == "mean":
         return (cls + parts) / 2
-    raise ValueError(f"fusion={fusion!r}; expected one of {FUSIONS}")
+    raise ValueError("fusion must be 'cat' or 'mean', got " + fusion)
 
 
 def pool_parts(tokens: torch.Tensor, num_parts: int = 3, fusion: str = "cat") -> torch.Tensor:

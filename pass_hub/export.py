@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import warnings
 from collections.abc import Sequence
@@ -89,6 +90,24 @@ def onnx_metadata(embedder: ReIDEmbedder, image_size: tuple[int, int], dynamic_s
     }
 
 
+# What each ONNX step needs, all installed by the package's ``onnx`` extra.
+EXPORT_MODULES = ("onnx", "onnxscript")
+RUNTIME_MODULES = ("onnxruntime",)
+
+
+def require_onnx_extra(modules: Sequence[str], purpose: str) -> None:
+    """Raise ``ImportError`` saying which extra to install when one of ``modules`` is missing.
+
+    Example:
+        >>> require_onnx_extra(["onnxruntime"], "running an ONNX file")
+    """
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(
+            f"{purpose} needs {', '.join(missing)}, from pass-hub's onnx extra: pip install 'pass-hub[onnx]'"
+        )
+
+
 def export_onnx(
     model: str | Path | nn.Module,
     out: str | Path,
@@ -121,6 +140,7 @@ def export_onnx(
         >>> result.path.name, max(result.max_abs_diff.values()) < PARITY_TOLERANCE
         ('tiny.onnx', True)
     """
+    require_onnx_extra([*EXPORT_MODULES, *(RUNTIME_MODULES if verify else ())], "exporting to ONNX")
     out = Path(out)
     if out.suffix != ".onnx":
         raise ValueError(f"ONNX output {out} must end with .onnx")
@@ -190,6 +210,7 @@ class OnnxReIDModel:
         providers: Sequence[str] = ("CPUExecutionProvider",),
         threads: int | None = None,
     ) -> None:
+        require_onnx_extra(RUNTIME_MODULES, "running an ONNX file")
         import onnxruntime
 
         self.path = Path(path)

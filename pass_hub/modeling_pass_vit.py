@@ -18,10 +18,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from timm.models.vision_transformer import Block
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
@@ -103,6 +105,12 @@ def describe_feature(config: PassViTConfig, reid_feature: str | None = None) -> 
     return f"{fused} after the BatchNorm necks"
 
 
+class PassViTLayer(GradientCheckpointingLayer, Block):
+    """timm's pre-norm ViT block as transformers checkpoints its layers: ``gradient_checkpointing_enable`` (and
+    ``activation_checkpointing_enable``) route their options (``use_reentrant``, ``every_n_layers``, offloading)
+    through it. The parameters are timm's ``Block``'s, so the weights load in timm's ``pass_vit_*`` unchanged."""
+
+
 class PassViTPreTrainedModel(PreTrainedModel):
     """Weight initialisation and loading conventions shared by the PASS models."""
 
@@ -112,7 +120,7 @@ class PassViTPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
-    _no_split_modules = ["Block"]
+    _no_split_modules = ["PassViTLayer"]
     _supports_sdpa = True
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -144,24 +152,21 @@ class PassViTEncoderModel(PassViTPreTrainedModel):
             drop_path_rate=config.drop_path_rate,
             dynamic_img_size=True,
             num_classes=0,
+            block_fn=PassViTLayer,
         )
 
     def post_init(self) -> None:
         super().post_init()
-        self.set_fused_attention(self.config._attn_implementation != "eager")
+        self.sync_attention()
 
-    def set_fused_attention(self, enable: bool) -> None:
-        """Use PyTorch's fused attention kernel (``sdpa``) or the plain matmul-softmax path (``eager``)."""
-        for block in self.vit.blocks:
-            block.attn.fused_attn = enable
-
-    @property
-    def gradient_checkpointing(self) -> bool:
-        return self.vit.grad_checkpointing
-
-    @gradient_checkpointing.setter
-    def gradient_checkpointing(self, enable: bool) -> None:
-        self.vit.set_grad_checkpointing(enable)
+    def sync_attention(self) -> None:
+        """Run the attention ``config._attn_implementation`` names: PyTorch's fused kernel (``sdpa``) or the plain
+        matmul-softmax path (``eager``). Called by every forward, so ``set_attn_implementation`` on a built model
+        takes effect."""
+        fused = self.config._attn_implementation != "eager"
+        if self.vit.blocks[0].attn.fused_attn != fused:
+            for block in self.vit.blocks:
+                block.attn.fused_attn = fused
 
     def get_input_embeddings(self) -> nn.Module:
         return self.vit.patch_embed
@@ -232,6 +237,7 @@ class PassViTModel(PassViTEncoderModel):
             output_hidden_states, output_attentions, return_dict
         )
         self._check_pixel_values(pixel_values, interpolate_pos_encoding)
+        self.sync_attention()
 
         tokens = self.vit.forward_tokens(
             pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions
@@ -387,6 +393,7 @@ class PassViTBackbone(BackboneMixin, PassViTEncoderModel):
             output_hidden_states, output_attentions, return_dict
         )
         self._check_pixel_values(pixel_values)
+        self.sync_attention()
         tokens = self.vit.forward_tokens(pixel_values, output_hidden_states=True, output_attentions=output_attentions)
         batch = pixel_values.shape[0]
         height, width = (side // config.patch_size for side in pixel_values.shape[-2:])

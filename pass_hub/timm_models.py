@@ -1,14 +1,25 @@
 """timm registry entries ``pass_vit_tiny`` / ``pass_vit_small`` / ``pass_vit_base`` (patch 16, 256x128).
 
-Registered when ``pass_hub`` is imported (the second line loads a pass-hub folder):
+Registered when ``pass_hub`` is imported:
 
     >>> import pass_hub, timm
     >>> model = timm.create_model("pass_vit_small", num_classes=0)  # ReID embedding of 768 values
+    >>> model.num_features, model.head_hidden_size
+    (384, 768)
     >>> model = timm.create_model("local-dir:out/pass-vit-s16", pretrained=True)  # doctest: +SKIP
+    >>> model = timm.create_model("pass_vit_small", pretrained=True,  # doctest: +SKIP
+    ...                           pretrained_cfg_overlay=dict(file="pass_vit_small_full.pth"))
 
-``checkpoint_filter_fn`` accepts every weight layout a user may hold: a pass-hub hub folder (backbone or
-fine-tuned ReID model), the original PASS pre-training checkpoint, the original flat backbone and the
-original fine-tuned ReID model; see :mod:`pass_hub.convert`.
+Two widths, in timm's own terms: ``num_features`` is the token width D (what ``forward_features`` returns per
+token and ``forward_intermediates`` per feature map), ``head_hidden_size`` the width of the pooled feature the
+head sees, ``cat(CLS, mean(PARTs))``, 2D (``global_pool="pass_mean"``: D). With ``num_classes=0`` the model's
+output is that pooled feature, so its width is ``head_hidden_size``, not ``num_features``.
+
+No pass-hub weights are published yet (``pretrained=True`` without a file says where the original ones are).
+``pretrained_cfg_overlay=dict(file=PATH)`` loads a local checkpoint of any layout a user may hold: the original
+flat backbone, the original pre-training ``checkpoint.pth`` (its teacher), the original fine-tuned ReID model, a
+pass-hub ``model.safetensors`` or a timm state dict, through the allow-listed safe loader of
+:mod:`pass_hub.convert` and :func:`checkpoint_filter_fn`.
 """
 
 from __future__ import annotations
@@ -19,14 +30,25 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import resample_abs_pos_embed
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._builder import _resolve_pretrained_source, resolve_pretrained_cfg
 
 from .backbone import PRESETS, REID_IMAGE_SIZE, PassVisionTransformer
-from .convert import extract_weights, infer_grid
+from .convert import check_state_dict, extract_weights, infer_grid, load_checkpoint_file
 
-DEFAULT_HUB_IDS = {
-    "pass_vit_small": "pass-hub/pass-vit-s16",
-    "pass_vit_base": "pass-hub/pass-vit-b16",
-}
+ORIGINAL_WEIGHTS = {"pass_vit_small": "pass_vit_small_full.pth", "pass_vit_base": "pass_vit_base_full.pth"}
+
+
+def no_weights_message(variant: str) -> str:
+    """What ``pretrained=True`` without weights says: where the original weights are and how to load them."""
+    file = ORIGINAL_WEIGHTS.get(variant, "pass_vit_small_full.pth")
+    return (
+        f"{variant} has no published pass-hub weights yet. The original PASS weights ({file}; "
+        f"{', '.join(v for v in ORIGINAL_WEIGHTS.values() if v != file)} for the other size) are linked from the "
+        "README of https://github.com/CASIA-IVA-Lab/PASS-reID. Load a downloaded file with "
+        f"timm.create_model({variant!r}, pretrained=True, pretrained_cfg_overlay=dict(file={file!r})), or convert it "
+        f"once with `pass-hub convert {file} out/{variant}` and use "
+        f"timm.create_model('local-dir:out/{variant}', pretrained=True); pretrained=False gives random weights."
+    )
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: PassVisionTransformer) -> dict[str, torch.Tensor]:
@@ -70,26 +92,44 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     }
 
 
+# The tags name the weights of the paper (PASS on LUPerson); none is hosted yet, so they carry no source.
 default_cfgs = generate_default_cfgs(
     {
         "pass_vit_tiny": _cfg(),
-        "pass_vit_small.lup_pass": _cfg(hf_hub_id=DEFAULT_HUB_IDS["pass_vit_small"]),
-        "pass_vit_base.lup_pass": _cfg(hf_hub_id=DEFAULT_HUB_IDS["pass_vit_base"]),
+        "pass_vit_small.lup_pass": _cfg(),
+        "pass_vit_base.lup_pass": _cfg(),
     }
 )
+
+
+def load_checkpoint_into(model: PassVisionTransformer, path: str) -> None:
+    """Load a local checkpoint of any PASS layout into ``model``'s backbone, strictly (its head is left as is)."""
+    state = checkpoint_filter_fn(load_checkpoint_file(path), model)
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    check_state_dict(expected, {k: v for k, v in state.items() if not k.startswith("head.")}, str(path))
+    model.load_state_dict(state, strict=False)
 
 
 def _create_pass_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> PassVisionTransformer:
     model_args = {"img_size": REID_IMAGE_SIZE, "patch_size": 16, "num_classes": 0, **PRESETS[variant], **kwargs}
     out_indices = model_args.pop("out_indices", 3)
-    return build_model_with_cfg(
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=model_args.pop("pretrained_cfg", None),
+                                 pretrained_cfg_overlay=model_args.pop("pretrained_cfg_overlay", None))
+    source, location = _resolve_pretrained_source(cfg.to_dict())
+    if pretrained and not source:
+        raise RuntimeError(no_weights_message(variant))
+    model = build_model_with_cfg(
         PassVisionTransformer,
         variant,
-        pretrained,
+        pretrained and source != "file",  # timm's own loader refuses the argparse.Namespace of a checkpoint.pth
+        pretrained_cfg=cfg,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
         **model_args,
     )
+    if pretrained and source == "file":
+        load_checkpoint_into(model, location)
+    return model
 
 
 @register_model

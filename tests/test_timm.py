@@ -17,7 +17,7 @@ TINY = dict(embed_dim=64, depth=2, num_heads=2)
 
 def test_registry_and_presets():
     assert timm.list_models("pass_vit*") == ["pass_vit_base", "pass_vit_small", "pass_vit_tiny"]
-    assert "pass_vit_small.lup_pass" in timm.list_pretrained("pass_vit*")
+    assert timm.get_pretrained_cfg("pass_vit_small.lup_pass").input_size == (3, 256, 128)  # the paper's weights' tag
     with torch.device("meta"):
         models = {name: timm.create_model(name) for name in timm.list_models("pass_vit*")}
     counts = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
@@ -104,13 +104,14 @@ def test_hub_ids_load_offline_from_a_populated_cache(tmp_path):
         assert torch.allclose(hf_model(pixels).pooler_output, expected, atol=1e-6)
 
 
-def test_preset_pretrained_uses_its_default_hub_id(tmp_path):
+def test_a_preset_takes_a_hub_id_as_an_overlay(tmp_path):
     config = pass_hub.PassViTConfig.from_preset("small")
     model = pass_hub.PassViTModel(config).eval()
     folder = pass_hub.save_hub_folder(model, tmp_path / "pass-vit-s16")
     cache = tmp_path / "cache"
-    populate_hub_cache(folder, pass_hub.timm_models.DEFAULT_HUB_IDS["pass_vit_small"], cache)
-    timm_model = timm.create_model("pass_vit_small", pretrained=True, cache_dir=cache).eval()
+    populate_hub_cache(folder, "someone/pass-vit-s16", cache)
+    timm_model = timm.create_model("pass_vit_small", pretrained=True, cache_dir=cache,
+                                   pretrained_cfg_overlay=dict(hf_hub_id="someone/pass-vit-s16")).eval()
     pixels = torch.randn(1, 3, 256, 128)
     with torch.no_grad():
         assert torch.allclose(timm_model(pixels), model(pixels).pooler_output, atol=1e-5)
