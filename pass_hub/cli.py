@@ -28,12 +28,12 @@ def _eval(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_model, save_rank_lists
     from .inference import load_reid_model
 
+    model = load_reid_model(args.model, device=args.device)  # first: a wrong --model fails before the data loads
     data = load_dataset_spec(args.data)
     missing = [split for split in (args.query_split, args.gallery_split) if split not in data]
     if missing:
         raise ValueError(f"--data {args.data} has no split(s) {missing} (it has {sorted(data)})")
     query, gallery = data[args.query_split], data[args.gallery_split]
-    model = load_reid_model(args.model, device=args.device)
     results = evaluate_model(
         model, query, gallery, batch_size=args.batch_size, num_workers=args.num_workers, flip=args.flip,
         rerank=args.rerank, return_per_query=args.rank_lists is not None,

@@ -293,12 +293,17 @@ def _embedder_from_spec(spec: str, *, normalize: bool | None, pretrained: bool) 
     if hub_id.count("/") == 1 and not spec.startswith((".", "/")):
         try:
             model, preprocessing = _load_pass_hub_folder(hub_id)
-        except OSError as err:  # not on the hub, offline, or not cached
-            raise FileNotFoundError(f"model {spec!r} is no local path and failed to load as a hub id: {err}") from None
+        except OSError:  # not on the hub, offline, or not cached
+            from huggingface_hub import constants
+
+            where = "not in the local hub cache (offline)" if constants.HF_HUB_OFFLINE else "not found on the hub"
+            raise FileNotFoundError(
+                f"model {spec}: no such folder or file, and as a hub id {where}"
+            ) from None
         return ReIDEmbedder(model, preprocessing=preprocessing, normalize=normalize, source=spec)
     raise FileNotFoundError(
-        f"model {spec!r} is not an existing folder or checkpoint file, a timm name "
-        f"({', '.join(timm.list_models('pass_vit*'))}) or a hub id (org/name)"
+        f"model {spec}: no such folder or file, and not a timm name ({', '.join(timm.list_models('pass_vit*'))}) "
+        "or a hub id (org/name)"
     )
 
 

@@ -7,7 +7,7 @@ Example:
     >>> gallery = [Image.new("RGB", (64, 128), c) for c in ("white", "black")]
     >>> picture = draw_rank_list(query, gallery, [0.12, 0.5], [True, False], title="query 3")
     >>> picture.size
-    (246, 180)
+    (246, 188)
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ QUERY_COLOR = (60, 110, 220)
 UNKNOWN_COLOR = (150, 150, 150)
 BACKGROUND = (255, 255, 255)
 TEXT_COLOR = (0, 0, 0)
+CAPTION_SIZE = 13  # pixels: readable at 100% without zooming
 
 
 def draw_rank_list(
@@ -61,7 +62,7 @@ def draw_rank_list(
         raise ValueError(
             f"got {len(gallery_images)} gallery images, {len(distances)} distances and {len(matches)} match flags"
         )
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(size=CAPTION_SIZE)
     line_height = font.getbbox("Ag")[3] + 4
     cell_width, cell_height = image_size[0] + 2 * border, image_size[1] + 2 * border
     top = gap + (line_height if title else 0)
@@ -81,7 +82,7 @@ def draw_rank_list(
     left = gap + cell_width + gap * 2
     for rank, (image, distance, is_match) in enumerate(zip(gallery_images, distances, matches, strict=True), 1):
         color = UNKNOWN_COLOR if is_match is None else MATCH_COLOR if is_match else NON_MATCH_COLOR
-        paste(image, left, color, f"{rank}: {distance:.3f}")
+        paste(image, left, color, f"{rank}: {distance:.4g}")
         left += cell_width + gap
     if output_path is not None:
         output_path = Path(output_path)

@@ -40,21 +40,31 @@ def two_processes(port: int) -> list[str]:
     ]
 
 
-def kill_then_resume(script: Path, args: list[str], output_dir: Path, step: int) -> None:
-    """Run ``script`` into ``output_dir``, SIGKILL it as soon as the checkpoint of ``step`` exists (a crash
-    mid-run; checked that it really died), then run it again with ``--resume`` to the end."""
+def signal_after_checkpoint(
+    script: Path, args: list[str], output_dir: Path, step: int, signum: int
+) -> subprocess.CompletedProcess:
+    """Run ``script`` into ``output_dir`` and send it ``signum`` as soon as the checkpoint of ``step`` exists;
+    checked that it did not finish. Returns the ended process with its output."""
     args = [*args, "--output_dir", str(output_dir)]
     checkpoint = output_dir / "checkpoints" / f"step_{step:08d}"
-    process = subprocess.Popen([sys.executable, str(script), *args], env=script_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, str(script), *args], env=script_env(), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while not checkpoint.exists():
         assert process.poll() is None and time.time() < deadline, "run ended before the checkpoint"
         time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (output_dir / "results.json").exists(), "the run finished before it was killed"
-    run_script(script, [*args, "--resume"])
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=120)
+    assert not (output_dir / "results.json").exists(), "the run finished before the signal"
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def kill_then_resume(script: Path, args: list[str], output_dir: Path, step: int) -> None:
+    """Run ``script`` into ``output_dir``, SIGKILL it as soon as the checkpoint of ``step`` exists (a crash
+    mid-run; checked that it really died), then run it again with ``--resume`` to the end."""
+    killed = signal_after_checkpoint(script, args, output_dir, step, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    run_script(script, [*args, "--output_dir", str(output_dir), "--resume"])
 
 
 def assert_same_weights(expected: Path, actual: Path) -> None:

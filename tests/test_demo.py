@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from training import demo
 
@@ -30,3 +31,13 @@ def test_demo_runs_every_stage_and_skips_finished_ones(tmp_path, capsys):
     again = demo.main(["--toy", "--output_dir", str(out)])
     assert capsys.readouterr().out.count("done before, skipped") == 5
     assert again["fine-tuned"] == summary["fine-tuned"]
+    # A stage made with other settings never stands in for this run's: here another seed, so all run again.
+    demo.main(["--toy", "--output_dir", str(out), "--seed", "1"])
+    log = capsys.readouterr().out
+    assert "done before" not in log and log.count("holds another run (--seed 0 -> 1): running the stage again") == 5
+    assert json.loads((out / "results.json").read_text())["seed"] == 1
+
+
+def test_the_toy_demo_has_its_own_folder():
+    assert demo.parse_args(["--toy"]).output_dir == Path("outputs/demo-toy")
+    assert demo.parse_args([]).output_dir == Path("outputs/demo")

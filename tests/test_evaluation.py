@@ -80,3 +80,18 @@ def test_eval_command(model, tmp_path, capsys):
     assert picture.stat().st_size > 1000
     assert cli_main(["eval", "--model", str(folder), "--data", SPEC, "--query-split", "probe"]) == 2
     assert "no split(s) ['probe']" in capsys.readouterr().err
+
+
+def test_eval_checks_the_model_before_loading_the_data(monkeypatch, capsys):
+    import pass_hub.data
+
+    def no_data(spec):
+        raise AssertionError("the data was loaded before the model was checked")
+
+    monkeypatch.setattr(pass_hub.data, "load_dataset_spec", no_data)
+    assert cli_main(["eval", "--model", "missing/path"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == ("pass-hub eval: error: model missing/path: no such folder or file, and as a hub id not in the "
+                     "local hub cache (offline)")
+    assert cli_main(["eval", "--model", "./missing"]) == 2
+    assert "model ./missing: no such folder or file" in capsys.readouterr().err

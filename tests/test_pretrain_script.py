@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from script_runs import ROOT, assert_same_weights, kill_then_resume, run_script, two_processes
+from script_runs import (
+    ROOT,
+    assert_same_weights,
+    kill_then_resume,
+    run_script,
+    signal_after_checkpoint,
+    two_processes,
+)
 from transformers import AutoModel
 
 import pass_hub  # noqa: F401  (registers the Auto classes used below)
@@ -72,6 +81,19 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
     assert_same_weights(tmp_path / "straight" / "pass-vit-pretrained" / "model.safetensors",
                         killed / "pass-vit-pretrained" / "model.safetensors")
     assert [e["loss"] for e in _history(killed)] == [e["loss"] for e in _history(tmp_path / "straight")]
+
+
+def test_ctrl_c_ends_with_one_line_saying_how_to_continue(tmp_path):
+    out = tmp_path / "run"
+    interrupted = signal_after_checkpoint(SCRIPT, [*TOY, "--global_batch_size", "4", "--save_every_steps", "1"],
+                                          out, step=2, signum=signal.SIGINT)
+    last_line = interrupted.stderr.strip().splitlines()[-1]
+    assert interrupted.returncode == 130 and "Traceback" not in interrupted.stderr
+    assert re.fullmatch(rf"interrupted at step \d+; the last checkpoint is {re.escape(str(out))}/checkpoints/"
+                        r"step_\d{8}; continue with --resume", last_line), last_line
+    refused = run_script(SCRIPT, [*TOY, "--output_dir", str(out), "--global_batch_size", "4"], check=False)
+    assert refused.returncode != 0 and refused.stderr.strip().count("\n") == 0
+    assert "already holds checkpoints; pass --resume to continue that run" in refused.stderr
 
 
 def test_a_partial_checkpoint_is_ignored_on_resume(tmp_path):

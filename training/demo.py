@@ -1,14 +1,16 @@
 """The whole PASS pipeline on the built-in SynthPerson data, with two baselines on the same budget (``make demo``).
 
-    python -m training.demo                        # outputs/demo: under 20 minutes on 2 CPU cores
+    python -m training.demo                        # outputs/demo
+    python -m training.demo --seed 1 --output_dir outputs/demo-seed1   # the same with another seed
     python -m training.demo --force                # run every stage again
-    python -m training.demo --toy --output_dir /tmp/demo   # a few steps per stage, to check the plumbing
+    python -m training.demo --toy                  # outputs/demo-toy: a few steps per stage, to check the plumbing
 
-Stages (each a training script run in its own process, skipped when its ``results.json`` exists):
-PASS pre-training, DINO pre-training without [PART] tokens (the ablation), fine-tuning from each of the two and
-from random init with the same recipe. Then the part-attention picture of the pre-trained backbones, a reload
-check of the fine-tuned PASS folder with transformers and timm, and the result table. An interrupted stage
-resumes from its last checkpoint on the next run.
+Stages (each a training script run in its own process with the ``cpu_demo`` recipe): PASS pre-training, DINO
+pre-training without [PART] tokens (the ablation), fine-tuning from each of the two and from random init with
+the same recipe. Then the part-attention picture of the pre-trained backbones, a reload check of the fine-tuned
+PASS folder with transformers and timm, and the result table. Each stage records the command line that made it
+(``stage.json``): a finished stage made with the same one is skipped, an interrupted one resumes from its last
+checkpoint, and one made with another (a toy run, another seed) is run again, saying what differed.
 """
 
 from __future__ import annotations
@@ -51,16 +53,29 @@ class Stage:
     label: str = ""  # the row name in the result table (fine-tuning stages)
     output_dir: Path = field(init=False)
 
+    @property
+    def command_args(self) -> list[str]:
+        return [*self.args, "--output_dir", str(self.output_dir), "--report_to", "none"]
+
     def done(self) -> bool:
         return (self.output_dir / "results.json").is_file()
+
+    def recorded_args(self) -> list[str] | None:
+        """The arguments that made what the stage folder holds (None: nothing recorded)."""
+        record = self.output_dir / "stage.json"
+        return json.loads(record.read_text())["args"] if record.is_file() else None
+
+    def record(self) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.output_dir / "stage.json", {"args": self.command_args})
 
     def results(self) -> dict:
         return json.loads((self.output_dir / "results.json").read_text())
 
 
-def build_stages(output_dir: Path, toy: bool) -> list[Stage]:
+def build_stages(output_dir: Path, toy: bool, seed: int = 0) -> list[Stage]:
     data = TOY_DATA if toy else "synthetic"
-    extra = TOY_ARGS if toy else []
+    extra = [*(TOY_ARGS if toy else []), "--seed", str(seed)]
     pretrain_args = [*RECIPE, "--data", data, *extra]
     stages = [
         Stage("pretrain-pass", SCRIPTS / "pretrain.py", pretrain_args, "PASS pre-training"),
@@ -84,15 +99,50 @@ def build_stages(output_dir: Path, toy: bool) -> list[Stage]:
     return stages
 
 
+def _flag_values(args: list[str]) -> dict[str, str]:
+    values: dict[str, list[str]] = {}
+    flag = ""
+    for arg in args:
+        if arg.startswith("--"):
+            flag = arg
+            values[flag] = []
+        else:
+            values.setdefault(flag, []).append(arg)
+    return {flag: " ".join(value) for flag, value in values.items()}
+
+
+def difference(before: list[str] | None, now: list[str]) -> str:
+    """What differs between two command lines, in words: ``--seed 0 -> 1``.
+
+    Example:
+        >>> difference(["--seed", "0", "--toy"], ["--seed", "1"])
+        '--seed 0 -> 1, --toy (set) -> (unset)'
+    """
+    if before is None:
+        return "no settings recorded"
+    old, new = _flag_values(before), _flag_values(now)
+    changes = []
+    for flag in dict.fromkeys([*old, *new]):
+        if old.get(flag) != new.get(flag):
+            shown = [("(unset)" if value is None else value or "(set)") for value in (old.get(flag), new.get(flag))]
+            changes.append(f"{flag} {shown[0]} -> {shown[1]}")
+    return ", ".join(changes)
+
+
 def run_stage(stage: Stage, index: int, total: int, force: bool) -> None:
-    if stage.done() and not force:
+    recorded = stage.recorded_args()
+    same = recorded == stage.command_args
+    if stage.done() and same and not force:
         print(f"[{index}/{total}] {stage.title}: done before, skipped ({stage.output_dir})", flush=True)
         return
-    if force and stage.output_dir.exists():
+    if stage.output_dir.exists() and (force or not same):
+        if not force:
+            print(f"[{index}/{total}] {stage.output_dir} holds another run ({difference(recorded, stage.command_args)})"
+                  ": running the stage again", flush=True)
         shutil.rmtree(stage.output_dir)
     print(f"[{index}/{total}] {stage.title} -> {stage.output_dir}", flush=True)
-    command = [sys.executable, str(stage.script), *stage.args, "--output_dir", str(stage.output_dir),
-               "--resume", "--report_to", "none"]
+    stage.record()
+    command = [sys.executable, str(stage.script), *stage.command_args, "--resume"]
     started = time.perf_counter()
     completed = subprocess.run(command, check=False)
     if completed.returncode != 0:
@@ -154,14 +204,22 @@ def result_table(stages: dict[str, Stage]) -> tuple[str, dict[str, dict[str, flo
     return "\n".join(lines), scores
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output_dir", type=Path, default=Path("outputs/demo"))
+    parser.add_argument("--output_dir", type=Path, default=None,
+                        help="default: outputs/demo (outputs/demo-toy with --toy)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every stage")
     parser.add_argument("--force", action="store_true", help="run every stage again")
     parser.add_argument("--toy", action="store_true", help="tiny data and 2 steps per stage (for tests)")
     args = parser.parse_args(argv)
+    args.output_dir = args.output_dir or Path("outputs/demo-toy" if args.toy else "outputs/demo")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     started = time.perf_counter()
-    stages = build_stages(args.output_dir, args.toy)
+    stages = build_stages(args.output_dir, args.toy, args.seed)
     for index, stage in enumerate(stages, 1):
         run_stage(stage, index, len(stages), args.force)
     by_name = {stage.name: stage for stage in stages}
@@ -175,6 +233,9 @@ def main(argv: list[str] | None = None) -> dict:
     table, scores = result_table(by_name)
     frozen = {name: by_name[f"pretrain-{name}"].results().get("frozen_eval") for name in ("pass", "dino")}
     summary = {
+        "seed": args.seed,
+        "toy": args.toy,
+        "threads": torch.get_num_threads(),
         "fine-tuned": scores,
         "frozen_features": frozen,
         "attention_centres": centres,
@@ -188,7 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
         for name, values in centres.items()
     )
     report = (
-        f"# PASS demo on SynthPerson ({PRESET})\n\nFine-tuned with the same recipe (final weights, no re-ranking):"
+        f"# PASS demo on SynthPerson ({PRESET}{', toy' if args.toy else ''}, seed {args.seed})\n\n"
+        "Fine-tuned with the same recipe (final weights, no re-ranking):"
         f"\n\n{table}\n\nMean attention centre row of each token after pre-training (0 top, 1 bottom):\n\n"
         f"{centre_lines}\n\n`{reid_folder}` loads with transformers and timm; their embeddings differ by at most "
         f"{gap:.1e}.\n"

@@ -197,4 +197,4 @@ def card_text(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, An
 
 
 if __name__ == "__main__":
-    main()
+    runtime.run_script(main)

@@ -308,4 +308,4 @@ def export_teacher(model: pass_hub.PassViTModel, args: argparse.Namespace, resul
 
 
 if __name__ == "__main__":
-    main()
+    runtime.run_script(main)

@@ -17,10 +17,11 @@ import argparse
 import json
 import math
 import shutil
+import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
@@ -222,6 +223,9 @@ class RunMonitor:
         monitor.step_done({"loss": loss.item(), "lr": lr}, images=global_batch)
     """
 
+    # The run in progress in this process, for the one line that Ctrl-C prints (:func:`run_script`).
+    active: ClassVar[RunMonitor | None] = None
+
     def __init__(
         self,
         accelerator: Accelerator,
@@ -244,6 +248,7 @@ class RunMonitor:
             dynamic_ncols=True,
         )
         self._tick = time.perf_counter()
+        RunMonitor.active = self
 
     def batches(self, loader: Any, epoch_steps: Sequence[int], *epoch_aware: Any) -> Iterator[tuple[int, Any]]:
         """Yield ``(epoch, batch)`` from where the run stands until it is finished.
@@ -292,6 +297,30 @@ class RunMonitor:
         self.progress.close()
         if self.accelerator.is_main_process:
             write_history(self.state.history, self.output_dir, self.logged_keys)
+        RunMonitor.active = None
+
+    def interrupted(self) -> str:
+        """The line Ctrl-C prints: where the run stopped and how to continue it."""
+        self.progress.close()
+        found = self.checkpointer.completed()
+        last = f"the last checkpoint is {found[-1]}" if found else "no checkpoint was written yet"
+        return f"interrupted at step {self.state.step}; {last}; continue with --resume"
+
+
+def run_script(main: Callable[[], Any]) -> None:
+    """Run a training script's ``main``: Ctrl-C ends it with one line saying where to continue, exit code 130."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        monitor = RunMonitor.active
+        if monitor is None:
+            message = "interrupted before training started; nothing to continue"
+        elif monitor.accelerator.is_main_process:
+            message = monitor.interrupted()
+        else:
+            raise SystemExit(130) from None
+        print(message, file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
 
 
 def epoch_at(step: int, epoch_steps: Sequence[int]) -> tuple[int, int]:
@@ -327,19 +356,46 @@ def write_history(history: Sequence[dict[str, float]], output_dir: str | Path, k
         plot_history(history, output_dir / "loss_curves.png", keys)
 
 
+# Series with at most this many points are drawn as labelled points (evaluations), the others as lines.
+FEW_POINTS = 12
+PANEL_COLUMNS = 3
+
+
 def plot_history(history: Sequence[dict[str, float]], path: str | Path, keys: Sequence[str]) -> None:
+    """One panel per logged series, three to a row (at 100 dpi at most 1200 px wide); a series with few points
+    (evaluations) is drawn as points labelled with their values.
+
+    Example:
+        >>> import tempfile
+        >>> history = [{"step": s, "loss": 1 / s, **({"mAP": 0.1 * s} if s % 5 == 0 else {})} for s in range(1, 11)]
+        >>> path = Path(tempfile.mkdtemp()) / "curves.png"
+        >>> plot_history(history, path, ["loss", "mAP"])
+        >>> from PIL import Image; Image.open(path).size
+        (800, 300)
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     keys = [key for key in keys if any(key in entry for entry in history)]
-    figure, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
-    for axis, key in zip(axes[0], keys, strict=True):
+    columns = min(PANEL_COLUMNS, max(len(keys), 1))
+    rows = -(-len(keys) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
+    for axis in axes.flat[len(keys):]:
+        axis.set_visible(False)
+    for axis, key in zip(axes.flat, keys, strict=False):
         points = [(entry["step"], entry[key]) for entry in history if key in entry and math.isfinite(entry[key])]
-        if points:
+        if len(points) > FEW_POINTS:
             steps, values = zip(*points, strict=True)
             axis.plot(steps, values, linewidth=1.2)
+        elif points:
+            steps, values = zip(*points, strict=True)
+            axis.plot(steps, values, marker="o", linewidth=0.8, linestyle="--")
+            for step, value in points:
+                axis.annotate(f"{value:.3g}", (step, value), textcoords="offset points", xytext=(0, 6), ha="center",
+                              fontsize=8)
+            axis.margins(x=0.15, y=0.25)
         axis.set_title(key)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)

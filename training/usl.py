@@ -325,4 +325,4 @@ def card_text(args: argparse.Namespace, results: dict[str, Any], setting: str, s
 
 
 if __name__ == "__main__":
-    main()
+    runtime.run_script(main)
