@@ -88,7 +88,7 @@ def test_load_reid_model_resolves_every_form(tmp_path, folder, model):
     assert timm_model.embedding_size == 384 and timm_model(pixels[:1]).shape == (1, 384)
     with pytest.raises(ValueError, match="no published weights"):
         load_reid_model("pass_vit_tiny")
-    with pytest.raises(FileNotFoundError, match="not an existing folder or checkpoint file"):
+    with pytest.raises(FileNotFoundError, match="no such folder or file, and not a timm name"):
         load_reid_model(tmp_path / "missing")
     with pytest.raises(ValueError, match="OnnxReIDModel"):
         load_reid_model(tmp_path / "model.onnx")
