@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from .data.cli import add_synth_command
 from .deployment_cli import add_deployment_commands
+from .inference import FEATURE_CHOICES
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -24,11 +25,13 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from .atomic import write_json_atomic
+    from .calibration import draw_calibration
     from .data import load_dataset_spec
     from .evaluation import evaluate_model, save_rank_lists
     from .inference import load_reid_model
 
-    model = load_reid_model(args.model, device=args.device)  # first: a wrong --model fails before the data loads
+    # First: a wrong --model fails before the data loads.
+    model = load_reid_model(args.model, device=args.device, feature=args.feature)
     data = load_dataset_spec(args.data)
     missing = [split for split in (args.query_split, args.gallery_split) if split not in data]
     if missing:
@@ -36,19 +39,35 @@ def _eval(args: argparse.Namespace) -> int:
     query, gallery = data[args.query_split], data[args.gallery_split]
     results = evaluate_model(
         model, query, gallery, batch_size=args.batch_size, num_workers=args.num_workers, flip=args.flip,
-        rerank=args.rerank, return_per_query=args.rank_lists is not None,
+        rerank=args.rerank, return_per_query=args.rank_lists is not None, feature=args.feature,
+        calibration=False if args.no_calibration else args.calibration_feature,
     )
     print(f"model {args.model} on {args.data}: {results['num_query']} queries "
-          f"({results['num_valid_queries']} with a true match), {results['num_gallery']} gallery images"
+          f"({results['num_valid_queries']} with a true match), {results['num_gallery']} gallery images, "
+          f"{results['feature'].replace('_', '-')} feature"
           + (", k-reciprocal re-ranking" if args.rerank else "") + (", flip averaging" if args.flip else ""))
     print("| mAP | mINP | Rank-1 | Rank-5 | Rank-10 |\n|---|---|---|---|---|")
     print("| " + " | ".join(f"{100 * results[k]:.2f}" for k in ("mAP", "mINP", "rank1", "rank5", "rank10")) + " |")
+    calibration = results.get("calibration")
+    if calibration is not None:
+        used = " (what embed / search return)" if args.calibration_feature == "deployment" else ""
+        positive, negative = calibration.positive_quantiles, calibration.negative_quantiles
+        print(f"\ncosine similarity of the {calibration.feature.replace('_', '-')} feature{used}: "
+              f"{calibration.num_positive} same-person pairs from different cameras, median {positive['p50']:.4f} "
+              f"(1st-99th percentile {positive['p1']:.4f} to {positive['p99']:.4f}); {calibration.num_negative} "
+              f"different-person pairs, median about {negative['p50']:.3f}, 99th percentile {negative['p99']:.4f}")
+        print("thresholds (a pair matches when its cosine is above):")
+        print(calibration.table())
+        if args.calibration:
+            print(f"wrote {draw_calibration(calibration, args.calibration, title=f'{args.model} on {args.data}')}")
     if args.rank_lists:
         print(f"wrote {save_rank_lists(results, query, gallery, args.rank_lists)}")
     if args.output:
-        keys = ("mAP", "mINP", "rank1", "rank5", "rank10", "num_valid_queries", "num_query", "num_gallery")
+        keys = ("mAP", "mINP", "rank1", "rank5", "rank10", "num_valid_queries", "num_query", "num_gallery", "feature")
         summary = {k: results[k] for k in keys} | {"cmc": results["cmc"].tolist(), "model": str(args.model),
                                                    "data": args.data, "rerank": args.rerank, "flip": args.flip}
+        if calibration is not None:
+            summary["calibration"] = calibration.to_dict()
         print(f"wrote {write_json_atomic(args.output, summary)}")
     return 0
 
@@ -85,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3)")
     evaluate.add_argument("--output", metavar="JSON", help="write the results here")
     evaluate.add_argument("--rank-lists", metavar="PNG", help="draw rank lists of the best, worst and random queries")
+    evaluate.add_argument("--feature", default="evaluation", choices=FEATURE_CHOICES,
+                          help="embedding to rank with: evaluation (default: the paper's test feature), deployment "
+                          "(the one embed / search use), before_neck or after_neck")
+    evaluate.add_argument("--calibration", metavar="PNG", help="draw the score histograms and the ROC curve")
+    evaluate.add_argument("--calibration-feature", default="deployment", choices=FEATURE_CHOICES,
+                          help="embedding whose cosines are calibrated (default: deployment, what embed / search "
+                          "return)")
+    evaluate.add_argument("--no-calibration", action="store_true",
+                          help="skip the TPR-at-FPR thresholds (they cost one more pass over all pairs)")
     evaluate.set_defaults(func=_eval)
     add_synth_command(commands)
     add_deployment_commands(commands)

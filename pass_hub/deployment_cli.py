@@ -16,6 +16,9 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from .export import DEFAULT_OPSET, QUANTIZATIONS
+from .inference import FEATURE_CHOICES
+
 if TYPE_CHECKING:
     from .inference import Embedder
 
@@ -57,7 +60,7 @@ def _model(args: argparse.Namespace) -> Embedder:
 
 
 def _export_onnx(args: argparse.Namespace) -> int:
-    from .export import PARITY_TOLERANCE, OnnxReIDModel, export_onnx
+    from .export import INT8_MIN_COSINE, PARITY_TOLERANCE, OnnxReIDModel, export_onnx
 
     result = export_onnx(
         args.model,
@@ -68,6 +71,8 @@ def _export_onnx(args: argparse.Namespace) -> int:
         opset=args.opset,
         overwrite=args.overwrite,
         verify=not args.no_verify,
+        feature=args.feature,
+        quantize=args.quantize,
     )
     runner = OnnxReIDModel(result.path)
     prep = runner.preprocessing
@@ -78,14 +83,20 @@ def _export_onnx(args: argparse.Namespace) -> int:
     print(
         f"wrote {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB, opset {args.opset}): "
         f"pixel_values {shape} -> embeddings (batch, {runner.embedding_size}), "
-        f"{'L2-normalised' if runner.normalize else 'not normalised'}"
+        f"{'L2-normalised' if runner.normalize else 'not normalised'} {runner.feature.replace('_', '-')} feature"
+        + (f", {runner.quantization}" if runner.quantization else "")
     )
     print(
         f"preprocessing: RGB, {prep.interpolation} resize to {height}x{width}, scale to [0, 1], "
         f"mean {list(prep.mean)}, std {list(prep.std)} (all in the file's metadata_props)"
     )
     for (height, width), difference in result.max_abs_diff.items():
-        print(f"onnxruntime vs PyTorch at {height}x{width}: max abs diff {difference:.2e} (<= {PARITY_TOLERANCE:.0e})")
+        if result.min_cosine is None:
+            print(f"onnxruntime vs PyTorch at {height}x{width}: max abs diff {difference:.2e} "
+                  f"(<= {PARITY_TOLERANCE:.0e})")
+        else:
+            print(f"int8 onnxruntime vs float32 PyTorch at {height}x{width}: lowest cosine "
+                  f"{result.min_cosine[height, width]:.5f} (>= {INT8_MIN_COSINE}), max abs diff {difference:.2e}")
     return 0
 
 
@@ -121,11 +132,16 @@ def _search(args: argparse.Namespace) -> int:
         queries = embed_files(query, embedder, batch_size=args.batch_size, progress=False)
     where = f" ({index.path})" if index.path else ""
     print(f"gallery: {len(index)} images, index {index.status}{where}")
-    result = index.search(queries.embeddings, top_k=args.top_k)
+    result = index.search(queries.embeddings, top_k=args.top_k, threshold=args.threshold)
+    above = "" if args.threshold is None else f" above {args.threshold:g}"
     for row, name in enumerate(queries.names):
-        print(f"\nquery {name}\n  rank  cosine  gallery")
-        for rank, (similarity, match) in enumerate(zip(result.similarities[row], result.indices[row], strict=True), 1):
-            print(f"  {rank:4d}  {float(similarity):6.4f}  {index.names[int(match)]}")
+        matches = result.matches(row)
+        if not matches:
+            print(f"\nquery {name}: no match{above}")
+            continue
+        print(f"\nquery {name}: {len(matches)} match(es){above}\n  rank  cosine  gallery")
+        for rank, (match, similarity) in enumerate(matches, 1):
+            print(f"  {rank:4d}  {similarity:6.3f}  {index.names[match]}")
     if args.draw:
         print(f"\nwrote {draw_matches(args.draw, [(name, name) for name in queries.names], index, result)}")
     return 0
@@ -150,7 +166,13 @@ def add_deployment_commands(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--image-size", type=_image_size, metavar="HxW", help="input size (default: the model's)")
     export.add_argument("--dynamic-size", action="store_true", help="accept any size that is a multiple of the patch")
     export.add_argument("--raw", action="store_true", help="export the embedding without L2 normalisation")
-    export.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18)")
+    export.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                        help=f"ONNX opset (default: {DEFAULT_OPSET}, fused attention; 18 for onnxruntime < 1.23)")
+    export.add_argument("--feature", default="deployment", choices=FEATURE_CHOICES,
+                        help="embedding: deployment (default; thresholdable cosines), evaluation (the paper's test "
+                        "feature), before_neck or after_neck")
+    export.add_argument("--quantize", choices=QUANTIZATIONS,
+                        help="int8: dynamic quantisation of the linear layers (faster on CPU; checked by cosine)")
     export.add_argument("--no-verify", action="store_true", help="skip the onnxruntime vs PyTorch parity check")
     export.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     export.set_defaults(func=_export_onnx)
@@ -181,7 +203,9 @@ def add_deployment_commands(commands: argparse._SubParsersAction) -> None:
     )
     search.add_argument("--gallery", nargs="+", required=True, help="gallery files, folders or quoted globs")
     search.add_argument("--query", nargs="+", required=True, help="query image files, folders or globs")
-    search.add_argument("--top-k", type=int, default=10, help="matches per query (default: 10)")
+    search.add_argument("--top-k", type=int, default=10, help="matches per query at most (default: 10)")
+    search.add_argument("--threshold", type=float, metavar="T",
+                        help="only matches with a cosine similarity above T (pass-hub eval prints T per FPR)")
     search.add_argument("--index", metavar="DIR_OR_FILE", help="gallery index: a folder or a .safetensors file")
     search.add_argument("--draw", metavar="PNG", help="draw the query and its matches, one row per query")
     search.set_defaults(func=_search)

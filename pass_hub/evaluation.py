@@ -29,7 +29,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from .inference import Preprocessing, load_reid_model
+from .backbone import l2_normalize
+from .calibration import calibrate
+from .inference import Preprocessing, ReIDEmbedder, load_reid_model
 from .metrics import evaluate_reid
 
 
@@ -135,6 +137,8 @@ def evaluate_model(
     accelerator: Any = None,
     return_per_query: bool = False,
     progress: bool = True,
+    feature: str = "evaluation",
+    calibration: bool | str = False,
 ) -> dict[str, Any]:
     """Embed ``query`` and ``gallery`` with ``model`` and score them with :func:`pass_hub.metrics.evaluate_reid`.
 
@@ -145,26 +149,66 @@ def evaluate_model(
         batch_size / num_workers / flip / accelerator / progress: as in :func:`extract_features`.
         rerank: k-reciprocal re-ranking before ranking.
         return_per_query: Also return per-query AP and top-k lists (for rank-list pictures).
+        feature: The embedding evaluated (see :class:`pass_hub.ReIDEmbedder`): the paper's test feature by
+            default; ``"deployment"`` for the one searches use.
+        calibration: Also measure the thresholds of cosine similarities (:func:`pass_hub.calibration.calibrate`),
+            returned under ``"calibration"``: True for the deployment feature's, or the name of a feature (as
+            ``feature``); both features come from one forward pass when they differ.
 
     Returns:
-        The ``evaluate_reid`` dict plus ``num_query`` and ``num_gallery``.
+        The ``evaluate_reid`` dict plus ``num_query``, ``num_gallery``, ``feature`` and, when asked, ``calibration``.
     """
     was_training = isinstance(model, nn.Module) and model.training  # a model in training gets its mode back
-    embedder = load_reid_model(model)
+    embedder = load_reid_model(model, feature=feature)
+    calibrated_feature = "deployment" if calibration is True else calibration
+    deployment = load_reid_model(embedder, feature=calibrated_feature) if calibration else embedder
+    both = _FeaturePair(embedder, deployment) if deployment.feature != embedder.feature else None
     transform = preprocessing_transform(embedder.preprocessing)
     options = dict(batch_size=batch_size, num_workers=num_workers, flip=flip, accelerator=accelerator,
                    progress=progress)
     try:
-        queries = extract_features(embedder, query, transform, description="query features", **options)
-        gallery_set = extract_features(embedder, gallery, transform, description="gallery features", **options)
+        queries = extract_features(both or embedder, query, transform, description="query features", **options)
+        gallery_set = extract_features(both or embedder, gallery, transform, description="gallery features",
+                                       **options)
     finally:
         embedder.train(was_training)
+    calibrated = (queries, gallery_set)
+    if both is not None:
+        (queries, calibrated_queries), (gallery_set, calibrated_gallery) = both.split(queries), both.split(gallery_set)
+        calibrated = (calibrated_queries, calibrated_gallery)
     results = evaluate_reid(
         queries.features, gallery_set.features, queries.pids, gallery_set.pids, queries.camids, gallery_set.camids,
         rerank=rerank, return_per_query=return_per_query,
     )
-    results.update(num_query=len(queries.pids), num_gallery=len(gallery_set.pids))
+    results.update(num_query=len(queries.pids), num_gallery=len(gallery_set.pids), feature=embedder.feature,
+                   rerank=rerank)
+    if calibration:
+        calibrated_queries, calibrated_gallery = calibrated
+        results["calibration"] = calibrate(
+            calibrated_queries.features, calibrated_gallery.features, queries.pids, gallery_set.pids, queries.camids,
+            gallery_set.camids, feature=deployment.feature,
+        )
     return results
+
+
+class _FeaturePair(nn.Module):
+    """Two embedders of one ReID model (two of its features) in one forward pass: ``cat(first, second)``."""
+
+    def __init__(self, first: ReIDEmbedder, second: ReIDEmbedder) -> None:
+        super().__init__()
+        self.first, self.second = first, second
+        self.width = 0  # of the first feature, known after a forward pass
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        embedders = (self.first, self.second)
+        features = self.first.model.features_by_name(pixel_values, [e.feature for e in embedders])
+        first, second = (l2_normalize(features[e.feature]) if e.normalize else features[e.feature] for e in embedders)
+        self.width = first.shape[1]
+        return torch.cat([first, second], dim=1)
+
+    def split(self, both: FeatureSet) -> tuple[FeatureSet, FeatureSet]:
+        first, second = both.features[:, : self.width], both.features[:, self.width:]
+        return FeatureSet(first, both.pids, both.camids), FeatureSet(second, both.pids, both.camids)
 
 
 def save_rank_lists(
@@ -180,7 +224,8 @@ def save_rank_lists(
 ) -> Path:
     """One PNG of rank lists (query, then its top-k gallery images; green: same identity, red: not) for the
     best, worst and some random queries by AP. ``results`` comes from :func:`evaluate_model` with
-    ``return_per_query=True``; ``query`` / ``gallery`` are the splits it was computed on.
+    ``return_per_query=True``; ``query`` / ``gallery`` are the splits it was computed on. Captions are cosine
+    similarities of the evaluated feature, or the re-ranked distances when ``results`` were re-ranked.
     """
     from .atomic import atomic_file
     from .visualize import draw_rank_list, select_queries, stack_pictures
@@ -189,6 +234,16 @@ def save_rank_lists(
         raise ValueError("rank lists need per-query results: evaluate with return_per_query=True")
     picks = select_queries(results["per_query_ap"], num_best=num_best, num_worst=num_worst, num_random=num_random,
                            seed=seed)
+    if results.get("rerank"):
+        label = "re-ranked distance"
+
+        def scores(distances: np.ndarray) -> np.ndarray:
+            return distances
+    else:  # squared Euclidean distances of L2-normalised features: 2 - 2 cos
+        label = f"cosine of the {results.get('feature', 'evaluated').replace('_', '-')} feature"
+
+        def scores(distances: np.ndarray) -> np.ndarray:
+            return 1 - distances / 2
     strips = []
     for kind, indices in picks.items():
         for index in indices.tolist():
@@ -197,9 +252,10 @@ def save_rank_lists(
                 draw_rank_list(
                     query[index]["image"],
                     [gallery[i]["image"] for i in ranked],
-                    results["topk_distances"][index][: len(ranked)].tolist(),
+                    scores(results["topk_distances"][index][: len(ranked)]).tolist(),
                     results["topk_matches"][index][: len(ranked)].tolist(),
-                    title=f"{kind}: query {index} (pid {query[index]['pid']}), AP {results['per_query_ap'][index]:.2f}",
+                    title=f"{kind}: query {index} (pid {query[index]['pid']}), AP {results['per_query_ap'][index]:.2f}"
+                    f", {label}",
                 )
             )
     if not strips:

@@ -10,8 +10,14 @@ the source model.
 Exporter: ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript). The TorchScript tracer cannot serve
 the dynamic-size graph: timm's resampling skips itself when the traced size equals the learned grid, so the
 traced graph adds a fixed-length position table and fails at any other size. torch.export keeps the sizes
-symbolic (timm disables that shortcut under export). Opset 18 is the onnxscript function library's own opset
-(no version-conversion pass) and runs on onnxruntime 1.14 or newer.
+symbolic (timm disables that shortcut under export). Opset 23 is the first with a fused ``Attention`` operator,
+which onnxruntime (1.23 or newer) runs as one kernel per block instead of MatMul / Softmax / MatMul; at opset 18
+the exporter spells attention out in those primitives (the file then runs on onnxruntime 1.14 or newer).
+
+``quantize="int8"`` writes the dynamically quantised model instead: the weights of the linear layers (every
+MatMul with a constant operand) are int8, per output channel; activations are quantised on the fly per batch;
+attention itself, the normalisations and the patch embedding stay float32. The quantised file is checked
+against PyTorch by cosine similarity (:data:`INT8_MIN_COSINE`) rather than by absolute difference.
 
 Example:
     >>> import pass_hub  # doctest: +SKIP
@@ -26,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,18 +45,23 @@ from torch import nn
 from .atomic import atomic_file
 from .inference import Preprocessing, ReIDEmbedder, embedding_metadata, load_reid_model
 
-DEFAULT_OPSET = 18
+DEFAULT_OPSET = 23
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "embeddings"
 METADATA_FORMAT = "pass-hub-reid-embedding/1"
 PARITY_TOLERANCE = 1e-4
+# Lowest cosine similarity between an int8 file's embedding and PyTorch's on the check's random pixels.
+INT8_MIN_COSINE = 0.99
+QUANTIZATIONS = ("int8",)
 
 
 class OnnxExport(NamedTuple):
-    """What :func:`export_onnx` wrote: the file and the onnxruntime-vs-PyTorch max abs difference per image size."""
+    """What :func:`export_onnx` wrote: the file, the onnxruntime-vs-PyTorch max abs difference per image size, and
+    for a quantised file the lowest cosine similarity between its embeddings and PyTorch's per image size."""
 
     path: Path
     max_abs_diff: dict[tuple[int, int], float]
+    min_cosine: dict[tuple[int, int], float] | None = None
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
@@ -86,7 +98,7 @@ def onnx_metadata(embedder: ReIDEmbedder, image_size: tuple[int, int], dynamic_s
             f"convert to RGB, resize to {height}x{width} ({prep.interpolation}; the graph takes {resize} "
             f"{prep.patch_size}), scale to [0, 1], subtract image_mean, divide by image_std"
         ),
-        "embedding": embedder.feature,
+        "embedding": embedder.feature_description,
     }
 
 
@@ -118,6 +130,8 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
     verify: bool = True,
+    feature: str = "deployment",
+    quantize: str | None = None,
 ) -> OnnxExport:
     """Export a model's ReID embedding to ONNX (dynamic batch), written atomically with metadata.
 
@@ -128,10 +142,13 @@ def export_onnx(
         dynamic_size: Accept any height and width that are multiples of the patch size.
         normalize: Export the L2-normalised embedding (default: the model's choice, True for backbones) or,
             with False, the raw one.
-        opset: ONNX opset (default 18, see the module docstring).
+        opset: ONNX opset (default 23, see the module docstring).
         overwrite: Replace an existing ``out``.
         verify: Compare onnxruntime with PyTorch (:func:`check_onnx_parity`) before the file is put in place;
-            ``ValueError`` when they differ by more than :data:`PARITY_TOLERANCE`.
+            ``ValueError`` when they differ by more than :data:`PARITY_TOLERANCE` (a quantised file: when a cosine
+            similarity falls below :data:`INT8_MIN_COSINE`).
+        feature: Which embedding (see :class:`pass_hub.ReIDEmbedder`): the deployment one by default.
+        quantize: ``"int8"``: dynamic int8 quantisation of the linear layers (module docstring); None: float32.
 
     Example:
         >>> import pass_hub, tempfile
@@ -140,13 +157,16 @@ def export_onnx(
         >>> result.path.name, max(result.max_abs_diff.values()) < PARITY_TOLERANCE
         ('tiny.onnx', True)
     """
-    require_onnx_extra([*EXPORT_MODULES, *(RUNTIME_MODULES if verify else ())], "exporting to ONNX")
+    needs_runtime = verify or quantize is not None
+    require_onnx_extra([*EXPORT_MODULES, *(RUNTIME_MODULES if needs_runtime else ())], "exporting to ONNX")
+    if quantize not in (None, *QUANTIZATIONS):
+        raise ValueError(f"quantize={quantize!r}; expected None or one of {QUANTIZATIONS}")
     out = Path(out)
     if out.suffix != ".onnx":
         raise ValueError(f"ONNX output {out} must end with .onnx")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    embedder = load_reid_model(model, normalize=normalize, device="cpu")
+    embedder = load_reid_model(model, normalize=normalize, device="cpu", feature=feature)
     patch = embedder.preprocessing.patch_size
     height, width = _check_image_size(image_size or embedder.preprocessing.image_size, patch)
     dims: dict[int, object] = {0: torch.export.Dim("batch", min=1)}
@@ -169,19 +189,59 @@ def export_onnx(
             external_data=False,
             verbose=False,
         )
-    program.model.metadata_props.update(onnx_metadata(embedder, (height, width), dynamic_size))
+    metadata = onnx_metadata(embedder, (height, width), dynamic_size)
+    if quantize:
+        metadata["quantization"] = "int8 dynamic: linear-layer weights per channel, activations per batch"
+    program.model.metadata_props.update(metadata)
     parity: dict[tuple[int, int], float] = {}
+    cosines: dict[tuple[int, int], float] | None = None
     with atomic_file(out, overwrite=overwrite) as temporary:
         program.save(temporary, external_data=False)
+        if quantize:
+            _quantize_int8(temporary)
         if verify:
             parity = check_onnx_parity(temporary, embedder)
-            size, worst = max(parity.items(), key=lambda item: item[1])
-            if worst > PARITY_TOLERANCE:
-                raise ValueError(
-                    f"onnxruntime differs from PyTorch by {worst:.2e} (> {PARITY_TOLERANCE:.0e}) at "
-                    f"{size[0]}x{size[1]}; {out} was not written"
-                )
-    return OnnxExport(out, parity)
+            if quantize:
+                cosines = check_onnx_parity(temporary, embedder, measure="min_cosine")
+                size, worst = min(cosines.items(), key=lambda item: item[1])
+                if worst < INT8_MIN_COSINE:
+                    raise ValueError(
+                        f"the int8 model's embeddings reach only cosine {worst:.4f} (< {INT8_MIN_COSINE}) with "
+                        f"PyTorch's at {size[0]}x{size[1]}; {out} was not written (export it without quantize)"
+                    )
+            else:
+                size, worst = max(parity.items(), key=lambda item: item[1])
+                if worst > PARITY_TOLERANCE:
+                    raise ValueError(
+                        f"onnxruntime differs from PyTorch by {worst:.2e} (> {PARITY_TOLERANCE:.0e}) at "
+                        f"{size[0]}x{size[1]}; {out} was not written"
+                    )
+    return OnnxExport(out, parity, cosines)
+
+
+def _quantize_int8(path: Path) -> None:
+    """Replace the float32 file ``path`` by its dynamically int8-quantised version, metadata kept."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    metadata = {entry.key: entry.value for entry in onnx.load(str(path), load_external_data=False).metadata_props}
+    quantized = path.with_name(path.stem + ".int8" + path.suffix)
+    root = logging.getLogger()
+    level = root.level
+    try:
+        # The quantiser logs advice to pre-process the graph (shape inference), which a static export does not need.
+        root.setLevel(logging.ERROR)
+        # MatMul only: the quantiser mistakes opset 23's Attention for onnxruntime's own contrib operator.
+        quantize_dynamic(path, quantized, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                         per_channel=True)
+        model = onnx.load(str(quantized))
+        model.metadata_props.clear()
+        for key, value in metadata.items():
+            model.metadata_props.add(key=key, value=value)
+        onnx.save(model, str(path))
+    finally:
+        root.setLevel(level)
+        quantized.unlink(missing_ok=True)
 
 
 class OnnxReIDModel:
@@ -217,6 +277,7 @@ class OnnxReIDModel:
         if not self.path.is_file():
             raise FileNotFoundError(f"ONNX file not found: {self.path}")
         options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:
             options.intra_op_num_threads = threads
         self.session: onnxruntime.InferenceSession = onnxruntime.InferenceSession(
@@ -238,6 +299,9 @@ class OnnxReIDModel:
         self.dynamic_size = self.metadata["dynamic_size"] == "true"
         self.normalize = self.metadata["normalized"] == "true"
         self.embedding_size = int(self.metadata["embedding_dim"])
+        self.feature = self.metadata.get("feature", "")  # files of pass-hub 0.1 before this field: unknown
+        self.feature_description = self.metadata.get("feature_description", self.metadata.get("embedding", ""))
+        self.quantization = self.metadata.get("quantization", "")  # empty: float32
         self.source = str(self.path)
         self._fingerprint: str | None = None
 
@@ -279,8 +343,10 @@ def check_onnx_parity(
     sizes: Sequence[tuple[int, int]] | None = None,
     batch_size: int = 3,
     seed: int = 0,
+    measure: str = "max_abs_diff",
 ) -> dict[tuple[int, int], float]:
-    """Max abs difference between onnxruntime and PyTorch on random inputs, per image size.
+    """Max abs difference (``measure="min_cosine"``: lowest cosine similarity) between onnxruntime's and
+    PyTorch's embeddings of random inputs, per image size.
 
     ``sizes`` default to the exported size and, for a dynamic-size export, also a 1.5x taller one, which
     exercises the position-table resampling inside the graph.
@@ -290,7 +356,9 @@ def check_onnx_parity(
         {(256, 128): 1.2e-07, (384, 128): 9.7e-08}
     """
     runner = onnx_model if isinstance(onnx_model, OnnxReIDModel) else OnnxReIDModel(onnx_model)
-    embedder = load_reid_model(reference, normalize=runner.normalize, device="cpu")
+    if measure not in ("max_abs_diff", "min_cosine"):
+        raise ValueError(f"measure={measure!r}; expected 'max_abs_diff' or 'min_cosine'")
+    embedder = load_reid_model(reference, normalize=runner.normalize, device="cpu", feature=runner.feature or None)
     height, width = runner.preprocessing.image_size
     patch = runner.preprocessing.patch_size
     if sizes is None:
@@ -300,6 +368,9 @@ def check_onnx_parity(
     with torch.inference_mode():
         for size in sizes:
             pixels = torch.randn(batch_size, 3, *size, generator=generator)
-            expected = embedder(pixels).numpy()
-            differences[tuple(size)] = float(np.abs(runner(pixels) - expected).max())
+            expected, got = embedder(pixels), torch.from_numpy(runner(pixels))
+            if measure == "min_cosine":
+                differences[tuple(size)] = float(torch.nn.functional.cosine_similarity(got, expected).min())
+            else:
+                differences[tuple(size)] = float((got - expected).abs().max())
     return differences

@@ -43,10 +43,20 @@ INDEX_SUFFIX = ".safetensors"
 
 
 class TopK(NamedTuple):
-    """Best gallery matches of each query, most similar first: (Q, k) cosine similarities and gallery rows."""
+    """Best gallery matches of each query, most similar first: (Q, k) cosine similarities and gallery rows.
+
+    A search with a threshold leaves out the matches at or below it: their row is ``-1`` and their similarity NaN,
+    at the end of each query's row (``matches(q)`` lists the others).
+    """
 
     similarities: torch.Tensor
     indices: torch.Tensor
+
+    def matches(self, query: int) -> list[tuple[int, float]]:
+        """``(gallery row, similarity)`` of query ``query``'s matches, most similar first."""
+        return [(int(index), float(similarity))
+                for index, similarity in zip(self.indices[query], self.similarities[query], strict=True)
+                if index >= 0]
 
 
 def gallery_fingerprint(paths: Sequence[Path]) -> str:
@@ -151,10 +161,26 @@ class GalleryIndex:
         """An index (or any embedding file) written before, without checking it against the gallery."""
         return cls._with_status(ImageEmbeddings.load(path), "reused", Path(path))
 
-    def search(self, queries: torch.Tensor, top_k: int = 10) -> TopK:
-        """The ``top_k`` most similar gallery rows of each query embedding (Q, E) (normalised here)."""
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
+    def search(self, queries: torch.Tensor, top_k: int | None = 10, threshold: float | None = None) -> TopK:
+        """The ``top_k`` most similar gallery rows of each query embedding (Q, E) (normalised here).
+
+        Args:
+            queries: Query embeddings of the index's model.
+            top_k: Matches per query at most; None: the whole gallery (with a threshold, all matches above it).
+            threshold: Keep only the matches whose cosine similarity is above it (``pass-hub eval`` prints the
+                threshold of each false-positive rate); the others become ``-1`` / NaN (see :class:`TopK`).
+
+        Example:
+            >>> import torch, pass_hub
+            >>> index = GalleryIndex(pass_hub.ImageEmbeddings(torch.eye(3), ["a.jpg", "b.jpg", "c.jpg"]))
+            >>> result = index.search(torch.tensor([[1.0, 0.5, 0.0]]), top_k=3, threshold=0.3)
+            >>> [(index.names[row], round(score, 3)) for row, score in result.matches(0)]
+            [('a.jpg', 0.894), ('b.jpg', 0.447)]
+        """
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        if threshold is not None and not -1 <= threshold <= 1:
+            raise ValueError(f"threshold {threshold} is not a cosine similarity in [-1, 1]")
         queries = torch.as_tensor(queries).float().reshape(-1, queries.shape[-1])
         if queries.shape[1] != self.vectors.shape[1]:
             raise ValueError(
@@ -162,11 +188,15 @@ class GalleryIndex:
                 "embed both with the same model"
             )
         queries = l2_normalize(queries)
-        k = min(top_k, len(self))
+        k = len(self) if top_k is None else min(top_k, len(self))
         if importlib.util.find_spec("faiss") is not None:
-            return self._search_faiss(queries, k)
-        similarities, indices = (queries @ self.vectors.T).topk(k, dim=1)
-        return TopK(similarities, indices)
+            result = self._search_faiss(queries, k)
+        else:
+            result = TopK(*(queries @ self.vectors.T).topk(k, dim=1))
+        if threshold is None:
+            return result
+        below = ~(result.similarities > threshold)
+        return TopK(result.similarities.masked_fill(below, float("nan")), result.indices.masked_fill(below, -1))
 
     def _search_faiss(self, queries: torch.Tensor, k: int) -> TopK:
         import faiss
@@ -199,14 +229,14 @@ def draw_matches(
         raise ValueError(f"{len(queries)} queries but {rows} result rows")
     strips = []
     for row, (name, image) in enumerate(queries):
-        gallery_rows = result.indices[row].tolist()
+        matches = result.matches(row)
         strips.append(
             draw_rank_list(
                 read_image(image),
-                [read_image(index.names[i]) for i in gallery_rows],
-                result.similarities[row].tolist(),
+                [read_image(index.names[i]) for i, _ in matches],
+                [similarity for _, similarity in matches],
                 None,
-                title=f"query {Path(name).name}: top {len(gallery_rows)} by cosine similarity",
+                title=f"query {Path(name).name}: top {len(matches)} by cosine similarity",
             )
         )
     with atomic_file(out) as temporary:

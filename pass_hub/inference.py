@@ -120,11 +120,39 @@ class Preprocessing:
 
 
 # ------------------------------------------------------------------------------------------------- models
+# The feature search and tracking thresholds: after the BatchNorm necks, cosines of different people spread out
+# (README, "Deployment": measured on the demo's models), where before the necks they all sit near 1.
+DEPLOYMENT_FEATURE = "after_neck"
+FEATURE_CHOICES = ("evaluation", "deployment", "before_neck", "after_neck")
+
+
+def resolve_feature(model: nn.Module, feature: str) -> str:
+    """``before_neck`` or ``after_neck`` for what ``feature`` asks of ``model`` (see :class:`ReIDEmbedder`).
+
+    Example:
+        >>> import pass_hub
+        >>> config = pass_hub.PassViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=1, num_labels=2)
+        >>> resolve_feature(pass_hub.PassViTForReID(config), "evaluation"), resolve_feature(
+        ...     pass_hub.PassViTForReID(config), "deployment")
+        ('before_neck', 'after_neck')
+    """
+    if feature not in FEATURE_CHOICES:
+        raise ValueError(f"feature={feature!r}; expected one of {FEATURE_CHOICES}")
+    has_necks = isinstance(model, PassViTForReID)
+    if feature == "evaluation":
+        return model.config.reid_feature if has_necks else "before_neck"
+    if feature == "deployment":
+        return DEPLOYMENT_FEATURE if has_necks else "before_neck"
+    if feature == "after_neck" and not has_necks:
+        raise ValueError(f"a {type(model).__name__} has no BatchNorm necks, so no after-neck feature")
+    return feature
+
+
 class ReIDEmbedder(nn.Module):
     """Preprocessed pixels (B, 3, H, W) -> ReID embeddings (B, 2D), L2-normalised when ``normalize``.
 
-    The embedding is ``cat(CLS, mean(PART1..3))`` of the backbone, or for a ``PassViTForReID`` the feature its
-    config names (``before_neck``: the same; ``after_neck``: after the BatchNorm necks). This is the module
+    The embedding is ``cat(CLS, mean(PART1..3))`` of the backbone, or for a ``PassViTForReID`` the feature
+    ``feature`` names (``before_neck``: the same; ``after_neck``: after the BatchNorm necks). This is the module
     :func:`pass_hub.export_onnx` exports and :func:`embed` runs. Sizes other than ``preprocessing.image_size``
     (multiples of the patch size) resample the patch position table.
 
@@ -133,6 +161,10 @@ class ReIDEmbedder(nn.Module):
         preprocessing: Input the weights expect; derived from ``model`` when None.
         normalize: L2-normalise the embedding; default: the ReID config's ``normalize_embeddings``, else True.
         source: What the model was loaded from (written into exported files and embedding metadata).
+        feature: ``"deployment"`` (default): the one whose cosine similarities can be thresholded, the after-neck
+            feature of a model with BatchNorm necks (:data:`DEPLOYMENT_FEATURE`); ``"evaluation"``: the feature the
+            paper tests, ``config.reid_feature`` of a ReID model (the before-neck one unless configured otherwise);
+            or ``"before_neck"`` / ``"after_neck"``. A backbone without necks has only the before-neck feature.
 
     Example:
         >>> import torch, pass_hub
@@ -149,8 +181,10 @@ class ReIDEmbedder(nn.Module):
         preprocessing: Preprocessing | None = None,
         normalize: bool | None = None,
         source: str = "",
+        feature: str = "deployment",
     ) -> None:
         super().__init__()
+        self.feature = resolve_feature(model, feature)
         if isinstance(model, PassViTPreTrainedModel):
             config = model.config
             default_preprocessing = Preprocessing.from_config(config)
@@ -172,19 +206,17 @@ class ReIDEmbedder(nn.Module):
         self.source = source or type(model).__name__
 
     @property
-    def feature(self) -> str:
+    def feature_description(self) -> str:
         """Which feature the embedding is, in words (for metadata)."""
-        if isinstance(self.model, PassViTForReID):
-            return describe_feature(self.model.config)
-        if isinstance(self.model, PassViTModel):
-            return describe_feature(self.model.config, "before_neck")
+        if isinstance(self.model, PassViTPreTrainedModel):
+            return describe_feature(self.model.config, self.feature)
         fusion = "cat(CLS, mean(PART_1..PART_n))" if self.model.global_pool == "pass" else "(CLS + mean(PARTs)) / 2"
         return f"{fusion} of the final-norm tokens"
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         model = self.model
         if isinstance(model, PassViTForReID):
-            features = model.test_features(pixel_values)
+            features = model.test_features(pixel_values, self.feature)
         elif isinstance(model, PassViTModel):
             features = model(pixel_values).pooler_output
         else:
@@ -193,7 +225,7 @@ class ReIDEmbedder(nn.Module):
 
     def fingerprint(self) -> str:
         """SHA-256 of the weights, preprocessing and output choice: equal fingerprints give equal embeddings."""
-        digest = hashlib.sha256(repr((self.preprocessing, self.normalize, self.feature)).encode())
+        digest = hashlib.sha256(repr((self.preprocessing, self.normalize, self.feature_description)).encode())
         for name, tensor in sorted(self.model.state_dict().items()):
             digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -236,12 +268,17 @@ def load_reid_model(
     normalize: bool | None = None,
     pretrained: bool = True,
     device: str | torch.device | None = None,
+    feature: str | None = None,
 ) -> ReIDEmbedder:
     """Resolve a MODEL argument (module docstring) to a :class:`ReIDEmbedder` in eval mode.
 
     Args:
         spec: Folder, hub id, timm ``pass_vit_*`` name, original checkpoint file, or a model object.
         normalize: L2-normalise embeddings; default: the ReID config's choice, otherwise True.
+        feature: Which embedding (:class:`ReIDEmbedder`): ``"deployment"`` (default; the scores search and
+            tracking threshold), ``"evaluation"`` (the paper's test feature, what :func:`pass_hub.evaluate_model`
+            uses), ``"before_neck"`` or ``"after_neck"``; None keeps the feature of a :class:`ReIDEmbedder` passed
+            as ``spec``.
         pretrained: For timm names: load the published weights (False: random initialisation, for benchmarks).
         device: Where to put the model (default: where it is, the CPU for loaded ones).
 
@@ -255,20 +292,22 @@ def load_reid_model(
     """
     if isinstance(spec, ReIDEmbedder):
         embedder = spec
-        if normalize is not None and normalize != spec.normalize:
-            embedder = ReIDEmbedder(
-                spec.model, preprocessing=spec.preprocessing, normalize=normalize, source=spec.source
-            )
+        wanted = spec.feature if feature is None else resolve_feature(spec.model, feature)
+        if (normalize is not None and normalize != spec.normalize) or wanted != spec.feature:
+            embedder = ReIDEmbedder(spec.model, preprocessing=spec.preprocessing,
+                                    normalize=spec.normalize if normalize is None else normalize,
+                                    source=spec.source, feature=wanted)
     elif isinstance(spec, nn.Module):
-        embedder = ReIDEmbedder(spec, normalize=normalize)
+        embedder = ReIDEmbedder(spec, normalize=normalize, feature=feature or "deployment")
     else:
-        embedder = _embedder_from_spec(str(spec), normalize=normalize, pretrained=pretrained)
+        embedder = _embedder_from_spec(str(spec), normalize=normalize, pretrained=pretrained,
+                                       feature=feature or "deployment")
     if device is not None:
         embedder.to(device)
     return embedder.eval()
 
 
-def _embedder_from_spec(spec: str, *, normalize: bool | None, pretrained: bool) -> ReIDEmbedder:
+def _embedder_from_spec(spec: str, *, normalize: bool | None, pretrained: bool, feature: str) -> ReIDEmbedder:
     import timm
 
     path = Path(spec)
@@ -276,7 +315,7 @@ def _embedder_from_spec(spec: str, *, normalize: bool | None, pretrained: bool) 
         raise ValueError(f"{spec} is an ONNX file; run it with pass_hub.OnnxReIDModel (embed/search accept it)")
     if path.is_dir() and (path / "config.json").is_file():
         model, preprocessing = _load_pass_hub_folder(spec)
-        return ReIDEmbedder(model, preprocessing=preprocessing, normalize=normalize, source=spec)
+        return ReIDEmbedder(model, preprocessing=preprocessing, normalize=normalize, source=spec, feature=feature)
     if path.exists():
         # An original checkpoint (or a bare weights folder): convert it once to a temporary pass-hub folder,
         # which picks the backbone or ReID model and the matching normalisation exactly as `convert` does.
@@ -285,10 +324,10 @@ def _embedder_from_spec(spec: str, *, normalize: bool | None, pretrained: bool) 
         with tempfile.TemporaryDirectory(prefix="pass-hub-convert-") as scratch:
             folder = convert_checkpoint(path, Path(scratch) / "model")
             model, preprocessing = _load_pass_hub_folder(str(folder))
-        return ReIDEmbedder(model, preprocessing=preprocessing, normalize=normalize, source=spec)
+        return ReIDEmbedder(model, preprocessing=preprocessing, normalize=normalize, source=spec, feature=feature)
     name = spec.removeprefix("timm:")
     if name.split(".")[0] in timm.list_models("pass_vit*"):
-        return ReIDEmbedder(_load_timm(name, pretrained), normalize=normalize, source=spec)
+        return ReIDEmbedder(_load_timm(name, pretrained), normalize=normalize, source=spec, feature=feature)
     hub_id = spec.removeprefix("hf-hub:")
     if hub_id.count("/") == 1 and not spec.startswith((".", "/")):
         try:
@@ -300,7 +339,7 @@ def _embedder_from_spec(spec: str, *, normalize: bool | None, pretrained: bool) 
             raise FileNotFoundError(
                 f"model {spec}: no such folder or file, and as a hub id {where}"
             ) from None
-        return ReIDEmbedder(model, preprocessing=preprocessing, normalize=normalize, source=spec)
+        return ReIDEmbedder(model, preprocessing=preprocessing, normalize=normalize, source=spec, feature=feature)
     raise FileNotFoundError(
         f"model {spec}: no such folder or file, and not a timm name ({', '.join(timm.list_models('pass_vit*'))}) "
         "or a hub id (org/name)"
@@ -616,6 +655,8 @@ def embedding_metadata(embedder: Embedder) -> dict[str, str]:
         "model": embedder.source,
         "model_fingerprint": embedder.fingerprint(),
         "embedding_dim": str(embedder.embedding_size),
+        "feature": embedder.feature,
+        "feature_description": embedder.feature_description,
         "normalized": str(embedder.normalize).lower(),
         "image_size": f"{height}x{width}",
         "pass_hub_version": __version__,

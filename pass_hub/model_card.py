@@ -14,6 +14,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .calibration import Calibration
 from .configuration_pass_vit import PassViTConfig
 
 KIND_DESCRIPTIONS = {
@@ -63,7 +64,7 @@ def render_model_card(
         repo_id: Hub id used in the usage snippets.
         title: Heading; derived from the config when None.
         card_data: YAML front matter; a default with library, license, tags and pipeline tag when None.
-        **sections: Optional template sections (``training``, ``results_table``, ``pictures``).
+        **sections: Optional template sections (``training``, ``results_table``, ``pictures``, ``deployment``).
     """
     if kind not in KIND_DESCRIPTIONS:
         raise ValueError(f"kind={kind!r}; expected one of {sorted(KIND_DESCRIPTIONS)}")
@@ -156,4 +157,33 @@ def results_table(rows: dict[str, dict[str, float]]) -> str:
     for name, results in rows.items():
         cells = [f"{100 * results[key]:.1f}" if key in results else "" for key in REID_METRICS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def deployment_section(calibration: Calibration, dataset: str, picture: str | None = None) -> str:
+    """The card's deployment section: which feature the embeddings are and the score thresholds measured on
+    ``dataset`` (:func:`pass_hub.calibration.calibrate`), with the calibration picture when given.
+
+    Example:
+        >>> from pass_hub.calibration import Calibration, OperatingPoint
+        >>> point = OperatingPoint(target_fpr=0.01, threshold=0.41, tpr=0.9, fpr=0.0099, resolved=True)
+        >>> text = deployment_section(Calibration([point], 10, 1000, {}, {}, [], [], [], "after_neck"), "market1501")
+        >>> "| 0.01 | 90.0% | 0.4100 |" in text
+        True
+    """
+    feature = calibration.feature.replace("_", "-")
+    lines = [
+        f"`pass_hub.embed`, `pass-hub search`, `GalleryIndex` and `pass-hub export-onnx` return the L2-normalised "
+        f"{feature} feature: its cosine similarities separate people, so they can be thresholded. Thresholds "
+        f"measured on `{dataset}` ({calibration.num_positive} same-person pairs from different cameras, "
+        f"{calibration.num_negative} different-person pairs); a pair matches when its cosine is above:",
+        "",
+        calibration.table(),
+        "",
+        "They hold for images like that test split's: measure them on your own cameras with "
+        "`pass-hub eval --model MODEL --data SPEC --calibration calibration.png` before relying on one, and pass "
+        "the chosen value to `pass-hub search --threshold T` or `GalleryIndex.search(..., threshold=T)`.",
+    ]
+    if picture:
+        lines += ["", f"![score histograms and ROC curve]({picture})"]
     return "\n".join(lines)

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -310,12 +311,22 @@ class PassViTForReID(PassViTPreTrainedModel):
             outputs = [l2_normalize(output) for output in outputs]
         return fuse_tokens(outputs[0], torch.stack(outputs[1:]).mean(dim=0), config.feature_fusion)
 
-    def test_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The feature ``config.reid_feature`` names, not normalised: what ``embeddings`` and the exports hold."""
+    def test_features(self, pixel_values: torch.Tensor, feature: str | None = None) -> torch.Tensor:
+        """The feature ``feature`` (default ``config.reid_feature``) names, not normalised: what ``embeddings``
+        holds, and what an embedder of that feature returns before L2 normalisation."""
+        feature = feature or self.config.reid_feature
+        return self.features_by_name(pixel_values, (feature,))[feature]
+
+    def features_by_name(self, pixel_values: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Several test features (``before_neck`` / ``after_neck``, not normalised) from one forward pass."""
         tokens = self.pass_vit(pixel_values)
-        if self.config.reid_feature == "before_neck":
-            return tokens.pooler_output
-        return self.neck_features(tokens.last_hidden_state)
+        features = {}
+        for name in names:
+            if name not in ("before_neck", "after_neck"):
+                raise ValueError(f"feature {name!r}; expected 'before_neck' or 'after_neck'")
+            features[name] = tokens.pooler_output if name == "before_neck" else self.neck_features(
+                tokens.last_hidden_state)
+        return features
 
     def forward(
         self,

@@ -1,5 +1,5 @@
 """Rank-list pictures: a query and its top-ranked gallery images, true matches framed green, others red
-(gray when the identities are unknown, as in a gallery search).
+(gray when the identities are unknown, as in a gallery search), each captioned with its rank and score.
 
 Example:
     >>> from PIL import Image
@@ -30,7 +30,7 @@ CAPTION_SIZE = 13  # pixels: readable at 100% without zooming
 def draw_rank_list(
     query_image: Image.Image,
     gallery_images: Sequence[Image.Image],
-    distances: Sequence[float],
+    scores: Sequence[float],
     matches: Sequence[bool] | None,
     output_path: str | Path | None = None,
     *,
@@ -39,13 +39,14 @@ def draw_rank_list(
     border: int = 4,
     gap: int = 6,
 ) -> Image.Image:
-    """Draw the query (blue frame) then its ranked gallery images (green: true match, red: not), with distances.
+    """Draw the query (blue frame) then its ranked gallery images (green: true match, red: not), with scores.
 
     Args:
         query_image: The query image.
         gallery_images: Gallery images in rank order (e.g. ``topk_indices`` of
             :func:`pass_hub.metrics.evaluate_reid` with ``return_per_query=True``, ``-1`` entries left out).
-        distances: Their distances to the query, shown under each image.
+        scores: Their scores against the query (cosine similarity, or a distance), shown under each image with
+            three decimals.
         matches: Whether each is a true match (``topk_matches``); None when unknown (gray frames).
         output_path: Where to save the picture as PNG (parent folders are created); not saved if None.
         title: A line above the pictures, e.g. the query index and its AP.
@@ -58,9 +59,9 @@ def draw_rank_list(
     """
     if matches is None:
         matches = [None] * len(gallery_images)
-    if not len(gallery_images) == len(distances) == len(matches):
+    if not len(gallery_images) == len(scores) == len(matches):
         raise ValueError(
-            f"got {len(gallery_images)} gallery images, {len(distances)} distances and {len(matches)} match flags"
+            f"got {len(gallery_images)} gallery images, {len(scores)} scores and {len(matches)} match flags"
         )
     font = ImageFont.load_default(size=CAPTION_SIZE)
     line_height = font.getbbox("Ag")[3] + 4
@@ -80,9 +81,9 @@ def draw_rank_list(
 
     paste(query_image, gap, QUERY_COLOR, "query")
     left = gap + cell_width + gap * 2
-    for rank, (image, distance, is_match) in enumerate(zip(gallery_images, distances, matches, strict=True), 1):
+    for rank, (image, score, is_match) in enumerate(zip(gallery_images, scores, matches, strict=True), 1):
         color = UNKNOWN_COLOR if is_match is None else MATCH_COLOR if is_match else NON_MATCH_COLOR
-        paste(image, left, color, f"{rank}: {distance:.4g}")
+        paste(image, left, color, f"{rank}: {score:.3f}")
         left += cell_width + gap
     if output_path is not None:
         output_path = Path(output_path)

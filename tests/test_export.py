@@ -14,7 +14,7 @@ from PIL import Image
 
 import pass_hub
 from pass_hub.cli import main
-from pass_hub.export import PARITY_TOLERANCE, OnnxReIDModel, check_onnx_parity, export_onnx
+from pass_hub.export import DEFAULT_OPSET, PARITY_TOLERANCE, OnnxReIDModel, check_onnx_parity, export_onnx
 from pass_hub.inference import load_reid_model
 
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2)
@@ -63,7 +63,7 @@ def test_metadata_documents_the_preprocessing(model, fixed):
     assert metadata["embedding_dim"] == "128" and metadata["normalized"] == "true"
     assert metadata["model"] == "PassViTModel" and "cat(CLS, mean(PART" in metadata["embedding"]
     assert metadata["model_fingerprint"] == model.fingerprint()
-    assert {prop.domain: prop.version for prop in onnx.load(fixed).opset_import}[""] == 18
+    assert {prop.domain: prop.version for prop in onnx.load(fixed).opset_import}[""] == DEFAULT_OPSET == 23
 
 
 def test_dynamic_size_export_resamples_the_position_table_in_the_graph(model, dynamic):

@@ -77,6 +77,12 @@ def test_model_card_is_valid_and_reports_the_results(toy_run):
     assert "The published weights are the final ones" in text and "final weights" in text
     assert "import pass_hub" in text and "timm.create_model" in text and "AutoModel" in text
     assert "![rank lists](rank_list.png)" in text and "| model | mAP |" in text and "Limitations" in text
+    # The deployment thresholds measured on the final weights, in the card and in results.json.
+    calibration = json.loads((toy_run / "results.json").read_text())["calibration"]
+    assert calibration["feature"] == "after_neck" and len(calibration["points"]) == 3
+    assert "## Deployment" in text and "after-neck feature" in text and "| FPR | TPR | threshold (cosine) |" in text
+    assert f"| {calibration['points'][0]['threshold']:.4f} |" in text
+    assert (folder / "calibration.png").stat().st_size > 1000
 
 
 def test_init_from_a_pretrained_folder_resamples_positions(tmp_path):

@@ -211,7 +211,7 @@ def test_search_ranks_an_exact_copy_first(tmp_path, gallery, folder, capsys):
     assert main([*args, "--draw", str(draw)]) == 0
     out = capsys.readouterr().out
     table = out.split("rank  cosine  gallery\n")[1].splitlines()
-    assert len(table) >= 3 and table[0].split()[:3] == ["1", "1.0000", str(gallery / "0003.jpg")]
+    assert len(table) >= 3 and table[0].split()[:3] == ["1", "1.000", str(gallery / "0003.jpg")]
     assert "gallery: 8 images, index built" in out
     with Image.open(draw) as picture:
         assert picture.width > picture.height  # one row: the query and its 3 matches

@@ -70,6 +70,7 @@ def test_usl_run_publishes_a_folder_with_results_and_card(toy_run):
     text = ModelCard.load(folder / "README.md").text
     assert "(unsupervised learning, USL)" in text and TOY_DATA in text and "DBSCAN (eps 0.6" in text
     assert (folder / "rank_list.png").stat().st_size > 1000
+    assert "## Deployment" in text and (folder / "calibration.png").stat().st_size > 1000
 
 
 def _reid_folder(path: Path) -> Path:

@@ -43,7 +43,7 @@ def test_draw_rank_list_writes_a_framed_png(tmp_path: Path) -> None:
 
 
 def test_draw_rank_list_rejects_mismatched_lists() -> None:
-    with pytest.raises(ValueError, match="2 gallery images, 1 distances and 2 match flags"):
+    with pytest.raises(ValueError, match="2 gallery images, 1 scores and 2 match flags"):
         draw_rank_list(person(0), [person(1), person(2)], [0.1], [True, False])
 
 

@@ -25,8 +25,9 @@ from accelerate.utils import broadcast
 import pass_hub
 from pass_hub.atomic import write_json_atomic
 from pass_hub.backbone import PRESETS
+from pass_hub.calibration import Calibration, draw_calibration
 from pass_hub.evaluation import evaluate_model, save_rank_lists
-from pass_hub.model_card import reid_card_data, render_model_card, results_table
+from pass_hub.model_card import deployment_section, reid_card_data, render_model_card, results_table
 from pass_hub.timm_models import checkpoint_filter_fn
 from training import runtime
 from training.data import dataset_spec
@@ -252,26 +253,37 @@ def publish(
     training: str,
     base_model: str | None = None,
     extra_tags: tuple[str, ...] = (),
-) -> Path:
-    """The chosen weights as the published hub folder ``output_dir / MODEL_FOLDER``, with a model card and a
-    rank-list picture of ``ranked`` (per-query results on ``data``'s query / gallery).
+    eval_batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> tuple[Path, Calibration]:
+    """The chosen weights as the published hub folder ``output_dir / MODEL_FOLDER``, with a model card, a
+    rank-list picture of ``ranked`` (per-query results on ``data``'s query / gallery) and the score thresholds of
+    the deployment feature (:func:`pass_hub.calibration.calibrate`) with their picture. Returns the folder and
+    the calibration.
 
     Args:
         weights: The run's :class:`PublishedWeights` (its folder, scores and how they were chosen).
         output_dir: Run directory.
         data: The evaluation data (``query`` / ``gallery`` splits).
         dataset: Spec of the evaluation data (its short name goes into the card's metadata).
-        ranked: ``evaluate_model(..., return_per_query=True)`` output to draw rank lists from.
+        ranked: ``evaluate_model(..., return_per_query=True)`` output to draw rank lists from (with its
+            ``calibration`` when the final weights are published).
         name: Model name in the card.
         summary: The card's first paragraph.
         training: The card's training section (:meth:`PublishedWeights.describe` is appended).
         base_model: Hub id the run started from, if any.
         extra_tags: More card tags (``unsupervised``, ``domain-adaptation``).
+        eval_batch_size / device: Batch size and device of the calibration pass, when one is needed.
     """
     model = pass_hub.PassViTForReID.from_pretrained(weights.folder)
     short_name = dataset_name(dataset)
     version = data["query"].info.config_name if short_name.startswith("msmt17") else None
-    picture = "rank_list.png"
+    picture, calibration_picture = "rank_list.png", "calibration.png"
+    calibration = ranked.get("calibration") if weights.selection == "final" else None
+    if calibration is None:  # the chosen weights are not the final ones: measure theirs
+        calibration = evaluate_model(model.to(device), data["query"], data["gallery"], batch_size=eval_batch_size,
+                                     calibration=True, progress=False)["calibration"]
+        model.cpu()
     chosen = "final weights" if weights.selection == "final" else f"best of {weights.evaluations} test evaluations"
     card = render_model_card(
         model.config,
@@ -285,11 +297,15 @@ def publish(
         training=f"{training} {weights.describe()}",
         results_table=results_table({f"{name} ({short_name}, no re-ranking, {chosen})": weights.metrics}),
         pictures=f"Ranked gallery lists of a few queries (green: same identity):\n\n![rank lists]({picture})",
+        deployment=deployment_section(calibration, short_name, calibration_picture),
     )
     save_rank_lists(ranked, data["query"], data["gallery"], output_dir / picture)
-    return pass_hub.save_hub_folder(
-        model, output_dir / MODEL_FOLDER, model_card=card, extra_files=[output_dir / picture], overwrite=True
+    draw_calibration(calibration, output_dir / calibration_picture, title=f"{name} on {short_name}")
+    folder = pass_hub.save_hub_folder(
+        model, output_dir / MODEL_FOLDER, model_card=card,
+        extra_files=[output_dir / picture, output_dir / calibration_picture], overwrite=True,
     )
+    return folder, calibration
 
 
 def finish_run(
@@ -319,7 +335,7 @@ def finish_run(
         describe: ``results`` -> :func:`publish`'s ``name``, ``summary``, ``training`` (and ``extra_tags``).
         checked: Tensors besides the parameters that must be equal on every process (``replicas_in_sync``).
     """
-    final = evaluate(model, data, args, accelerator, return_per_query=True)
+    final = evaluate(model, data, args, accelerator, return_per_query=True, calibration=True)
     unwrapped = accelerator.unwrap_model(model)
     weights.consider(final, results["steps"], unwrapped, accelerator, final=True)
     results.update(
@@ -334,9 +350,13 @@ def finish_run(
     )
     if accelerator.is_main_process:
         output_dir = Path(args.output_dir)
-        folder = publish(weights, output_dir, data=data, dataset=args.dataset, ranked=weights.details or final,
-                         base_model=base_model, **describe(results))
+        folder, calibration = publish(
+            weights, output_dir, data=data, dataset=args.dataset, ranked=weights.details or final,
+            base_model=base_model, eval_batch_size=args.eval_batch_size, device=accelerator.device,
+            **describe(results),
+        )
         results["model"] = str(folder)
+        results["calibration"] = calibration.to_dict()
         write_json_atomic(output_dir / "results.json", results)
         metrics = weights.metrics
         accelerator.print(

@@ -105,7 +105,8 @@ def embed_split(model, split, args: argparse.Namespace, accelerator) -> torch.Te
     """(N, 2D) L2-normalised test-time features of ``split``, on every process (each embeds a shard)."""
     sync_buffers(accelerator, model)
     model = accelerator.unwrap_model(model)
-    embedder = pass_hub.load_reid_model(model)  # eval mode: BatchNorm uses its running statistics
+    # The feature the run trains and tests (--reid_feature); eval mode: BatchNorm uses its running statistics.
+    embedder = pass_hub.load_reid_model(model, feature="evaluation")
     try:
         features = extract_features(
             embedder, split, preprocessing_transform(embedder.preprocessing), batch_size=args.eval_batch_size,
