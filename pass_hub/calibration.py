@@ -35,6 +35,7 @@ from .distances import BLOCK_ELEMENTS, ArrayLike, as_tensor, check_integer
 
 FPR_TARGETS = (1e-2, 1e-3, 1e-4)
 HISTOGRAM_BINS = 400
+DRAWN_BIN_FACTOR = 5
 
 
 @dataclass(frozen=True)
@@ -201,17 +202,19 @@ def draw_calibration(calibration: Calibration, path: str | Path, title: str = ""
     from .atomic import atomic_file
 
     edges = np.asarray(calibration.bin_edges)
-    centres = (edges[:-1] + edges[1:]) / 2
     positive = np.asarray(calibration.positive_counts, dtype=float)
     negative = np.asarray(calibration.negative_counts, dtype=float)
     figure, (scores, roc) = plt.subplots(1, 2, figsize=(11, 4))
+    # Drawn in bins 5x wider than counted: 80 over [-1, 1] read better than 400 for a few thousand positives.
+    drawn_edges = edges[::DRAWN_BIN_FACTOR]
+    drawn_centres = (drawn_edges[:-1] + drawn_edges[1:]) / 2
     for counts, label, colour in ((positive, "same person, other camera", "tab:green"),
                                   (negative, "different people", "tab:red")):
-        scores.step(centres, counts / max(counts.sum(), 1), where="mid", label=label, color=colour)
-    for point in calibration.points:
-        scores.axvline(point.threshold, color="gray", linestyle=":", linewidth=1)
-        scores.annotate(f"FPR {point.target_fpr:g}", (point.threshold, 0.5), xycoords=("data", "axes fraction"),
-                        rotation=90, fontsize=8, ha="right")
+        drawn = counts.reshape(-1, DRAWN_BIN_FACTOR).sum(axis=1)
+        scores.step(drawn_centres, drawn / max(drawn.sum(), 1), where="mid", label=label, color=colour)
+    for point, style in zip(calibration.points, ("--", "-.", ":"), strict=False):
+        scores.axvline(point.threshold, color="black", linestyle=style, linewidth=1,
+                       label=f"FPR {point.target_fpr:g}: cosine > {point.threshold:.3f}")
     scores.set_yscale("log")
     scores.set_xlabel("cosine similarity" + (f" ({calibration.feature})" if calibration.feature else ""))
     scores.set_ylabel("fraction of pairs")
@@ -224,15 +227,16 @@ def draw_calibration(calibration: Calibration, path: str | Path, title: str = ""
     roc.plot(fpr[visible], tpr[visible], color="tab:blue", linewidth=1.2, label="from the histograms")
     for point in calibration.points:
         roc.plot(max(point.fpr, 1e-9), point.tpr, "o", color="black")
-        roc.annotate(f"{100 * point.tpr:.1f}% @ {point.target_fpr:g}\n(> {point.threshold:.3f})",
-                     (max(point.fpr, 1e-9), point.tpr), textcoords="offset points", xytext=(6, -14), fontsize=8)
+        roc.annotate(f"{100 * point.tpr:.1f}%", (max(point.fpr, 1e-9), point.tpr), textcoords="offset points",
+                     xytext=(-4, 6), fontsize=8, ha="right")
     roc.set_xscale("log")
     roc.set_xlim(min(1e-5, 0.5 / max(calibration.num_negative, 1)), 1)
     roc.set_ylim(0, 1.02)
     roc.set_xlabel("false-positive rate")
     roc.set_ylabel("true-positive rate")
     roc.grid(alpha=0.3, which="both")
-    roc.legend(fontsize=8, loc="lower right")
+    roc.plot([], [], "o", color="black", label="TPR at each FPR target (exact)")
+    roc.legend(fontsize=8, loc="upper left")
     if title:
         figure.suptitle(title)
     figure.tight_layout()
