@@ -36,6 +36,15 @@ def test_demo_runs_every_stage_and_skips_finished_ones(tmp_path, capsys):
     log = capsys.readouterr().out
     assert "done before" not in log and log.count("holds another run (--seed 0 -> 1): running the stage again") == 5
     assert json.loads((out / "results.json").read_text())["seed"] == 1
+    # The same command line under an older recipe (the code changed since) does not stand in either.
+    record_file = out / "finetune-random" / "stage.json"
+    record = json.loads(record_file.read_text())
+    record["settings"]["epochs"] = 99
+    record_file.write_text(json.dumps(record))
+    demo.main(["--toy", "--output_dir", str(out), "--seed", "1"])
+    log = capsys.readouterr().out
+    assert log.count("done before, skipped") == 4
+    assert "finetune-random holds another run (the recipe changed: epochs 99 -> 13): running the stage again" in log
 
 
 def test_the_toy_demo_has_its_own_folder():

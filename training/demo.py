@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's `trainin
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pass_hub.atomic import write_json_atomic, write_text_atomic
-from training import pretrain, reid
+from training import finetune, pretrain, reid
 
 SCRIPTS = Path(__file__).resolve().parent
 PRESET = "pass_vit_tiny"
@@ -60,14 +60,19 @@ class Stage:
     def done(self) -> bool:
         return (self.output_dir / "results.json").is_file()
 
-    def recorded_args(self) -> list[str] | None:
-        """The arguments that made what the stage folder holds (None: nothing recorded)."""
+    def recorded(self) -> dict | None:
+        """The arguments and resolved settings that made what the stage folder holds (None: nothing recorded)."""
         record = self.output_dir / "stage.json"
-        return json.loads(record.read_text())["args"] if record.is_file() else None
+        return json.loads(record.read_text()) if record.is_file() else None
+
+    def settings(self) -> dict:
+        """The settings the stage's command line resolves to now (the recipe in the code may have changed)."""
+        script = {"pretrain.py": pretrain, "finetune.py": finetune}[self.script.name]
+        return script.parse_args(self.command_args).resolved.to_json()["settings"]
 
     def record(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.output_dir / "stage.json", {"args": self.command_args})
+        write_json_atomic(self.output_dir / "stage.json", {"args": self.command_args, "settings": self.settings()})
 
     def results(self) -> dict:
         return json.loads((self.output_dir / "results.json").read_text())
@@ -129,16 +134,36 @@ def difference(before: list[str] | None, now: list[str]) -> str:
     return ", ".join(changes)
 
 
+def settings_difference(before: dict, now: dict) -> str:
+    """Settings that differ, in words: ``epochs 10 -> 13``.
+
+    Example:
+        >>> settings_difference({"epochs": 10, "lr": 0.001}, {"epochs": 13, "lr": 0.001})
+        'epochs 10 -> 13'
+    """
+    return ", ".join(f"{key} {before.get(key)} -> {now.get(key)}"
+                     for key in dict.fromkeys([*before, *now]) if before.get(key) != now.get(key))
+
+
 def run_stage(stage: Stage, index: int, total: int, force: bool) -> None:
-    recorded = stage.recorded_args()
-    same = recorded == stage.command_args
+    recorded = stage.recorded()
+    settings = stage.settings()
+    if recorded is None or "settings" not in recorded:
+        change = "no settings recorded"
+    elif recorded["args"] != stage.command_args:
+        change = difference(recorded["args"], stage.command_args)
+    elif recorded.get("settings") != settings:
+        change = "the recipe changed: " + settings_difference(recorded["settings"], settings)
+    else:
+        change = ""
+    same = not change
     if stage.done() and same and not force:
         print(f"[{index}/{total}] {stage.title}: done before, skipped ({stage.output_dir})", flush=True)
         return
     if stage.output_dir.exists() and (force or not same):
         if not force:
-            print(f"[{index}/{total}] {stage.output_dir} holds another run ({difference(recorded, stage.command_args)})"
-                  ": running the stage again", flush=True)
+            print(f"[{index}/{total}] {stage.output_dir} holds another run ({change}): running the stage again",
+                  flush=True)
         shutil.rmtree(stage.output_dir)
     print(f"[{index}/{total}] {stage.title} -> {stage.output_dir}", flush=True)
     stage.record()
