@@ -188,6 +188,12 @@ def evaluate_model(
             calibrated_queries.features, calibrated_gallery.features, queries.pids, gallery_set.pids, queries.camids,
             gallery_set.camids, feature=deployment.feature,
         )
+        if return_per_query:  # the ranked pairs' scores as a search would show them (rank-list captions)
+            ranked = torch.from_numpy(results["topk_indices"])
+            query_side = nn.functional.normalize(calibrated_queries.features.float(), dim=1)
+            gallery_side = nn.functional.normalize(calibrated_gallery.features.float(), dim=1)[ranked.clamp(min=0)]
+            cosines = torch.einsum("qd,qkd->qk", query_side, gallery_side).double()
+            results["topk_deployment_cosines"] = cosines.masked_fill(ranked < 0, float("nan")).numpy()
     return results
 
 
@@ -224,8 +230,9 @@ def save_rank_lists(
 ) -> Path:
     """One PNG of rank lists (query, then its top-k gallery images; green: same identity, red: not) for the
     best, worst and some random queries by AP. ``results`` comes from :func:`evaluate_model` with
-    ``return_per_query=True``; ``query`` / ``gallery`` are the splits it was computed on. Captions are cosine
-    similarities of the evaluated feature, or the re-ranked distances when ``results`` were re-ranked.
+    ``return_per_query=True``; ``query`` / ``gallery`` are the splits it was computed on. Captions are the cosine
+    similarities a search would show (the calibrated feature's, when ``results`` hold a calibration), else those of
+    the evaluated feature, or the re-ranked distances when ``results`` were re-ranked.
     """
     from .atomic import atomic_file
     from .visualize import draw_rank_list, select_queries, stack_pictures
@@ -234,16 +241,14 @@ def save_rank_lists(
         raise ValueError("rank lists need per-query results: evaluate with return_per_query=True")
     picks = select_queries(results["per_query_ap"], num_best=num_best, num_worst=num_worst, num_random=num_random,
                            seed=seed)
-    if results.get("rerank"):
-        label = "re-ranked distance"
-
-        def scores(distances: np.ndarray) -> np.ndarray:
-            return distances
+    if "topk_deployment_cosines" in results:
+        label = f"cosine of the {results['calibration'].feature.replace('_', '-')} feature (what a search shows)"
+        captions = results["topk_deployment_cosines"]
+    elif results.get("rerank"):
+        label, captions = "re-ranked distance", results["topk_distances"]
     else:  # squared Euclidean distances of L2-normalised features: 2 - 2 cos
         label = f"cosine of the {results.get('feature', 'evaluated').replace('_', '-')} feature"
-
-        def scores(distances: np.ndarray) -> np.ndarray:
-            return 1 - distances / 2
+        captions = 1 - results["topk_distances"] / 2
     strips = []
     for kind, indices in picks.items():
         for index in indices.tolist():
@@ -252,7 +257,7 @@ def save_rank_lists(
                 draw_rank_list(
                     query[index]["image"],
                     [gallery[i]["image"] for i in ranked],
-                    scores(results["topk_distances"][index][: len(ranked)]).tolist(),
+                    captions[index][: len(ranked)].tolist(),
                     results["topk_matches"][index][: len(ranked)].tolist(),
                     title=f"{kind}: query {index} (pid {query[index]['pid']}), AP {results['per_query_ap'][index]:.2f}"
                     f", {label}",

@@ -151,7 +151,8 @@ def test_evaluation_keeps_the_paper_feature_and_calibrates_the_deployment_one():
     data = generate_synthperson(SynthPersonConfig(train_ids=2, test_ids=5, distractors=2, unlabelled=0,
                                                   image_size=(64, 32)), progress=False)
     model = reid_model_with_necks()
-    results = evaluate_model(model, data["query"], data["gallery"], progress=False, calibration=True)
+    results = evaluate_model(model, data["query"], data["gallery"], progress=False, calibration=True,
+                             return_per_query=True)
     plain = evaluate_model(model, data["query"], data["gallery"], progress=False)
     assert results["feature"] == plain["feature"] == "before_neck" and results["mAP"] == plain["mAP"]
     deployment = load_reid_model(model)
@@ -164,6 +165,12 @@ def test_evaluation_keeps_the_paper_feature_and_calibrates_the_deployment_one():
     assert got.feature == "after_neck" and got.num_negative == expected.num_negative
     for a, b in zip(got.points, expected.points, strict=True):
         assert a.threshold == pytest.approx(b.threshold, abs=1e-5) and a.tpr == pytest.approx(b.tpr)
+    # Rank-list captions: the deployment cosines of the pairs the evaluated feature ranked.
+    query_side, gallery_side = (torch.nn.functional.normalize(part.features, dim=1) for part in sets)
+    for row in range(3):
+        ranked = [int(i) for i in results["topk_indices"][row] if i >= 0]
+        np.testing.assert_allclose(results["topk_deployment_cosines"][row][: len(ranked)],
+                                   (gallery_side[ranked] @ query_side[row]).numpy(), atol=1e-5)
     after = evaluate_model(model, data["query"], data["gallery"], progress=False, feature="after_neck")
     assert after["feature"] == "after_neck" and after["mAP"] != plain["mAP"]
 
