@@ -15,7 +15,7 @@ Example:
     >>> import torch
     >>> gallery = torch.eye(8).repeat_interleave(2, dim=0) + 0.05 * torch.randn(16, 8)
     >>> result = calibrate(gallery[::2] + 0.05, gallery, torch.arange(8), torch.arange(16) // 2,
-    ...                    torch.zeros(8), torch.ones(16), fprs=(0.1,))
+    ...                    torch.zeros(8, dtype=torch.long), torch.ones(16, dtype=torch.long), fprs=(0.1,))
     >>> point = result.points[0]
     >>> point.fpr <= 0.1, point.tpr, result.num_positive, result.num_negative
     (True, 1.0, 16, 112)
@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .distances import BLOCK_ELEMENTS, ArrayLike, as_tensor, check_integer
+from .distances import BLOCK_ELEMENTS, ArrayLike, as_labels, as_tensor, check_integer
 
 FPR_TARGETS = (1e-2, 1e-3, 1e-4)
 HISTOGRAM_BINS = 400
@@ -99,13 +99,6 @@ class Calibration:
         return "\n".join(lines)
 
 
-def _labels(values: ArrayLike, name: str, length: int) -> torch.Tensor:
-    labels = as_tensor(values, name).reshape(-1).to(torch.int64)
-    if len(labels) != length:
-        raise ValueError(f"{name} has {len(labels)} entries for {length} features")
-    return labels
-
-
 def calibrate(
     query_features: ArrayLike,
     gallery_features: ArrayLike,
@@ -129,10 +122,10 @@ def calibrate(
     gallery = torch.nn.functional.normalize(as_tensor(gallery_features, "gallery_features").float(), dim=1)
     if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
         raise ValueError(f"features must be (N, D) of one D, got {tuple(queries.shape)} and {tuple(gallery.shape)}")
-    q_pids = _labels(query_pids, "query_pids", len(queries))
-    g_pids = _labels(gallery_pids, "gallery_pids", len(gallery))
-    q_cams = _labels(query_camids, "query_camids", len(queries))
-    g_cams = _labels(gallery_camids, "gallery_camids", len(gallery))
+    q_pids = as_labels(query_pids, "query_pids", len(queries))
+    g_pids = as_labels(gallery_pids, "gallery_pids", len(gallery))
+    q_cams = as_labels(query_camids, "query_camids", len(queries))
+    g_cams = as_labels(gallery_camids, "gallery_camids", len(gallery))
     if chunk_size is not None:
         check_integer(chunk_size, "chunk_size", 1)
     rows = chunk_size or max(1, BLOCK_ELEMENTS // len(gallery))

@@ -248,3 +248,15 @@ def check_integer(value: Any, name: str, minimum: int) -> None:
     """Raise ``ValueError`` unless ``value`` is an ``int`` (not a bool) of at least ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def as_labels(values: ArrayLike, name: str, length: int) -> torch.Tensor:
+    """Identity or camera labels as a 1-D int64 tensor of ``length`` items."""
+    labels = as_tensor(values, name)
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integers, got {labels.dtype}")
+    if labels.dim() != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(labels.shape)}")
+    if len(labels) != length:
+        raise ValueError(f"{name} has {len(labels)} items but the matching features/distances have {length} rows")
+    return labels.to(torch.int64)

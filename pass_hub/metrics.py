@@ -48,6 +48,7 @@ from .distances import (  # noqa: F401  (FeatureDistance and pairwise_distance a
     BLOCK_ELEMENTS,
     ArrayLike,
     FeatureDistance,
+    as_labels,
     as_tensor,
     check_integer,
     order_codes,
@@ -68,18 +69,6 @@ LABEL_CHUNK = 4096
 STANDARD_RANKS = (1, 5, 10)
 
 
-def _as_labels(values: ArrayLike, name: str, length: int) -> torch.Tensor:
-    """Identity or camera labels as a 1-D int64 tensor of ``length`` items."""
-    labels = as_tensor(values, name)
-    if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integers, got {labels.dtype}")
-    if labels.dim() != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {tuple(labels.shape)}")
-    if len(labels) != length:
-        raise ValueError(f"{name} has {len(labels)} items but the matching features/distances have {length} rows")
-    return labels.to(torch.int64)
-
-
 @dataclass(frozen=True)
 class _Labels:
     query_pids: torch.Tensor
@@ -98,10 +87,10 @@ class _Labels:
         num_gallery: int,
     ) -> _Labels:
         return cls(
-            _as_labels(query_pids, "query_pids", num_query),
-            _as_labels(gallery_pids, "gallery_pids", num_gallery),
-            _as_labels(query_camids, "query_camids", num_query),
-            _as_labels(gallery_camids, "gallery_camids", num_gallery),
+            as_labels(query_pids, "query_pids", num_query),
+            as_labels(gallery_pids, "gallery_pids", num_gallery),
+            as_labels(query_camids, "query_camids", num_query),
+            as_labels(gallery_camids, "gallery_camids", num_gallery),
         )
 
 

@@ -67,27 +67,31 @@ def test_tpr_at_fpr_matches_brute_force_on_random_cases(seed):
 
 def test_calibration_separates_well_separated_people_and_refuses_bad_input():
     gallery = torch.eye(8).repeat_interleave(4, dim=0) + 0.01 * torch.randn(32, 8)
-    result = calibrate(gallery[::4] + 0.01, gallery, torch.arange(8), torch.arange(32) // 4, torch.zeros(8),
-                       torch.ones(32), feature="after_neck")
+    q_pids, g_pids = torch.arange(8), torch.arange(32) // 4
+    q_cams, g_cams = torch.zeros(8, dtype=torch.long), torch.ones(32, dtype=torch.long)
+    result = calibrate(gallery[::4] + 0.01, gallery, q_pids, g_pids, q_cams, g_cams, feature="after_neck")
     assert [point.target_fpr for point in result.points] == list(FPR_TARGETS)
     assert all(point.tpr == 1.0 for point in result.points)
     assert result.negative_quantiles["p99"] < 0.2 < result.positive_quantiles["p1"]
     table = result.table()
     assert table.splitlines()[2].startswith("| 0.01 | 100.0% |") and "too few negatives" in table
     with pytest.raises(ValueError, match="positive and negative pairs"):  # every pair shares a camera
-        calibrate(gallery[::4], gallery, torch.arange(8), torch.arange(32) // 4, torch.zeros(8), torch.zeros(32))
+        calibrate(gallery[::4], gallery, q_pids, g_pids, q_cams, torch.zeros(32, dtype=torch.long))
     with pytest.raises(ValueError, match="fprs must be rates"):
-        calibrate(gallery[::4], gallery, torch.arange(8), torch.arange(32) // 4, torch.zeros(8), torch.ones(32),
-                  fprs=(0.0,))
-    with pytest.raises(ValueError, match="gallery_pids has 31 entries for 32 features"):
-        calibrate(gallery[::4], gallery, torch.arange(8), torch.arange(31), torch.zeros(8), torch.ones(32))
+        calibrate(gallery[::4], gallery, q_pids, g_pids, q_cams, g_cams, fprs=(0.0,))
+    with pytest.raises(ValueError, match="gallery_pids has 31 items"):
+        calibrate(gallery[::4], gallery, q_pids, torch.arange(31), q_cams, g_cams)
+    with pytest.raises(TypeError, match="query_camids must hold integers"):
+        calibrate(gallery[::4], gallery, q_pids, g_pids, torch.zeros(8), g_cams)
 
 
 def test_calibration_picture_and_card_section(tmp_path):
     rng = np.random.default_rng(0)
     pids = np.repeat(np.arange(20), 3)
     features = rng.normal(size=(20, 16))[pids] + rng.normal(scale=0.7, size=(60, 16))
-    result = calibrate(features[::3], features, pids[::3], pids, np.zeros(20), np.ones(60), feature="after_neck")
+    cameras = np.repeat([0, 1, 1], 20)  # a query (the first image of an identity) and its 2 others elsewhere
+    result = calibrate(features[::3], features, pids[::3], pids, cameras[:20], np.tile([0, 1, 1], 20),
+                       feature="after_neck")
     path = draw_calibration(result, tmp_path / "pictures" / "calibration.png", title="tiny")
     with Image.open(path) as picture:
         assert picture.size == (1100, 400)
