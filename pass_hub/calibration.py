@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .distances import BLOCK_ELEMENTS, ArrayLike, as_labels, as_tensor, check_integer
+from .distances import BLOCK_ELEMENTS, ArrayLike, FeatureDistance, as_labels, check_integer
 
 FPR_TARGETS = (1e-2, 1e-3, 1e-4)
 HISTOGRAM_BINS = 400
@@ -118,10 +118,8 @@ def calibrate(
     """
     if not fprs or not all(0 < fpr < 1 for fpr in fprs):
         raise ValueError(f"fprs must be rates in (0, 1), got {list(fprs)}")
-    queries = torch.nn.functional.normalize(as_tensor(query_features, "query_features").float(), dim=1)
-    gallery = torch.nn.functional.normalize(as_tensor(gallery_features, "gallery_features").float(), dim=1)
-    if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
-        raise ValueError(f"features must be (N, D) of one D, got {tuple(queries.shape)} and {tuple(gallery.shape)}")
+    queries, gallery = (prepared.features for prepared in
+                        FeatureDistance("cosine").prepare_pair(query_features, gallery_features))
     q_pids = as_labels(query_pids, "query_pids", len(queries))
     g_pids = as_labels(gallery_pids, "gallery_pids", len(gallery))
     q_cams = as_labels(query_camids, "query_camids", len(queries))

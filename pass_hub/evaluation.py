@@ -172,10 +172,10 @@ def evaluate_model(
                                        **options)
     finally:
         embedder.train(was_training)
-    calibrated = (queries, gallery_set)
+    calibrated_queries, calibrated_gallery = queries, gallery_set
     if both is not None:
-        (queries, calibrated_queries), (gallery_set, calibrated_gallery) = both.split(queries), both.split(gallery_set)
-        calibrated = (calibrated_queries, calibrated_gallery)
+        queries, calibrated_queries = both.split(queries)
+        gallery_set, calibrated_gallery = both.split(gallery_set)
     results = evaluate_reid(
         queries.features, gallery_set.features, queries.pids, gallery_set.pids, queries.camids, gallery_set.camids,
         rerank=rerank, return_per_query=return_per_query,
@@ -183,7 +183,6 @@ def evaluate_model(
     results.update(num_query=len(queries.pids), num_gallery=len(gallery_set.pids), feature=embedder.feature,
                    rerank=rerank)
     if calibration:
-        calibrated_queries, calibrated_gallery = calibrated
         results["calibration"] = calibrate(
             calibrated_queries.features, calibrated_gallery.features, queries.pids, gallery_set.pids, queries.camids,
             gallery_set.camids, feature=deployment.feature,
@@ -203,17 +202,17 @@ class _FeaturePair(nn.Module):
     def __init__(self, first: ReIDEmbedder, second: ReIDEmbedder) -> None:
         super().__init__()
         self.first, self.second = first, second
-        self.width = 0  # of the first feature, known after a forward pass
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         embedders = (self.first, self.second)
         features = self.first.model.features_by_name(pixel_values, [e.feature for e in embedders])
-        first, second = (l2_normalize(features[e.feature]) if e.normalize else features[e.feature] for e in embedders)
-        self.width = first.shape[1]
-        return torch.cat([first, second], dim=1)
+        return torch.cat([l2_normalize(features[e.feature]) if e.normalize else features[e.feature]
+                          for e in embedders], dim=1)
 
     def split(self, both: FeatureSet) -> tuple[FeatureSet, FeatureSet]:
-        first, second = both.features[:, : self.width], both.features[:, self.width:]
+        # Both features of one ReID model have its embedding size (the same fusion before and after the necks).
+        width = self.first.embedding_size
+        first, second = both.features[:, :width], both.features[:, width:]
         return FeatureSet(first, both.pids, both.camids), FeatureSet(second, both.pids, both.camids)
 
 

@@ -9,8 +9,9 @@ Stages (each a training script run in its own process with the ``cpu_demo`` reci
 pre-training without [PART] tokens (the ablation), fine-tuning from each of the two and from random init with
 the same recipe. Then the part-attention picture of the pre-trained backbones, a reload check of the fine-tuned
 PASS folder with transformers and timm, and the result table. Each stage records the command line that made it
-(``stage.json``): a finished stage made with the same one is skipped, an interrupted one resumes from its last
-checkpoint, and one made with another (a toy run, another seed) is run again, saying what differed.
+and the settings it resolved to (``stage.json``): a finished stage made with the same ones is skipped, an
+interrupted one resumes from its last checkpoint, and one made with others (a toy run, another seed, a recipe
+changed in the code) is run again, saying what differed.
 """
 
 from __future__ import annotations
@@ -70,9 +71,9 @@ class Stage:
         script = {"pretrain.py": pretrain, "finetune.py": finetune}[self.script.name]
         return script.parse_args(self.command_args).resolved.to_json()["settings"]
 
-    def record(self) -> None:
+    def record(self, settings: dict) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.output_dir / "stage.json", {"args": self.command_args, "settings": self.settings()})
+        write_json_atomic(self.output_dir / "stage.json", {"args": self.command_args, "settings": settings})
 
     def results(self) -> dict:
         return json.loads((self.output_dir / "results.json").read_text())
@@ -116,33 +117,26 @@ def _flag_values(args: list[str]) -> dict[str, str]:
     return {flag: " ".join(value) for flag, value in values.items()}
 
 
-def difference(before: list[str] | None, now: list[str]) -> str:
+def difference(before: list[str], now: list[str]) -> str:
     """What differs between two command lines, in words: ``--seed 0 -> 1``.
 
     Example:
         >>> difference(["--seed", "0", "--toy"], ["--seed", "1"])
         '--seed 0 -> 1, --toy (set) -> (unset)'
     """
-    if before is None:
-        return "no settings recorded"
-    old, new = _flag_values(before), _flag_values(now)
-    changes = []
-    for flag in dict.fromkeys([*old, *new]):
-        if old.get(flag) != new.get(flag):
-            shown = [("(unset)" if value is None else value or "(set)") for value in (old.get(flag), new.get(flag))]
-            changes.append(f"{flag} {shown[0]} -> {shown[1]}")
-    return ", ".join(changes)
+    old, new = ({flag: value or "(set)" for flag, value in _flag_values(args).items()} for args in (before, now))
+    return settings_difference(old, new, missing="(unset)")
 
 
-def settings_difference(before: dict, now: dict) -> str:
-    """Settings that differ, in words: ``epochs 10 -> 13``.
+def settings_difference(before: dict, now: dict, missing: str | None = None) -> str:
+    """Entries that differ, in words: ``epochs 10 -> 13`` (an absent one shows as ``missing``).
 
     Example:
         >>> settings_difference({"epochs": 10, "lr": 0.001}, {"epochs": 13, "lr": 0.001})
         'epochs 10 -> 13'
     """
-    return ", ".join(f"{key} {before.get(key)} -> {now.get(key)}"
-                     for key in dict.fromkeys([*before, *now]) if before.get(key) != now.get(key))
+    changed = [key for key in dict.fromkeys([*before, *now]) if before.get(key, missing) != now.get(key, missing)]
+    return ", ".join(f"{key} {before.get(key, missing)} -> {now.get(key, missing)}" for key in changed)
 
 
 def run_stage(stage: Stage, index: int, total: int, force: bool) -> None:
@@ -152,7 +146,7 @@ def run_stage(stage: Stage, index: int, total: int, force: bool) -> None:
         change = "no settings recorded"
     elif recorded["args"] != stage.command_args:
         change = difference(recorded["args"], stage.command_args)
-    elif recorded.get("settings") != settings:
+    elif recorded["settings"] != settings:
         change = "the recipe changed: " + settings_difference(recorded["settings"], settings)
     else:
         change = ""
@@ -166,7 +160,7 @@ def run_stage(stage: Stage, index: int, total: int, force: bool) -> None:
                   flush=True)
         shutil.rmtree(stage.output_dir)
     print(f"[{index}/{total}] {stage.title} -> {stage.output_dir}", flush=True)
-    stage.record()
+    stage.record(settings)
     command = [sys.executable, str(stage.script), *stage.command_args, "--resume"]
     started = time.perf_counter()
     completed = subprocess.run(command, check=False)

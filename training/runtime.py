@@ -386,11 +386,10 @@ def plot_history(history: Sequence[dict[str, float]], path: str | Path, keys: Se
         axis.set_visible(False)
     for axis, key in zip(axes.flat, keys, strict=False):
         points = [(entry["step"], entry[key]) for entry in history if key in entry and math.isfinite(entry[key])]
+        steps, values = zip(*points, strict=True) if points else ((), ())
         if len(points) > FEW_POINTS:
-            steps, values = zip(*points, strict=True)
             axis.plot(steps, values, linewidth=1.2)
         elif points:
-            steps, values = zip(*points, strict=True)
             axis.plot(steps, values, marker="o", linewidth=0.8, linestyle="--")
             for step, value in points:
                 axis.annotate(f"{value:.3g}", (step, value), textcoords="offset points", xytext=(0, 6), ha="center",
