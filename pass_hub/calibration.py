@@ -65,8 +65,10 @@ class Calibration:
     Attributes:
         points: One :class:`OperatingPoint` per target FPR.
         num_positive / num_negative: Pair counts.
-        positive_quantiles / negative_quantiles: Scores at the 1st, 50th and 99th percentile of the positives (all
-            kept) and at the 50th of the negatives estimated from the histogram, and their 99th and 99.9th exactly.
+        positive_quantiles: Scores at the 1st, 50th and 99th percentile of the positives (all kept, so exact).
+        negative_quantiles: Scores at the 99th and 99.9th percentile of the negatives (exact, from the largest
+            negative scores kept); their lower quantiles are not kept.
+        negative_mean: Mean negative score (exact, summed while the pairs stream past).
         bin_edges: ``HISTOGRAM_BINS + 1`` score edges over [-1, 1]; ``positive_counts`` / ``negative_counts``: the
             pair counts per bin.
         feature: Which embedding the scores compare (for reports).
@@ -77,6 +79,7 @@ class Calibration:
     num_negative: int
     positive_quantiles: dict[str, float]
     negative_quantiles: dict[str, float]
+    negative_mean: float
     bin_edges: list[float]
     positive_counts: list[int]
     negative_counts: list[int]
@@ -139,6 +142,7 @@ def calibrate(
     negative_counts = torch.zeros(HISTOGRAM_BINS, dtype=torch.int64)
     positives: list[torch.Tensor] = []
     top_negatives = torch.empty(0)
+    negative_sum = 0.0
     for start in range(0, len(queries), rows):
         block = slice(start, start + rows)
         scores = (queries[block] @ gallery.T).clamp_(-1, 1)
@@ -146,6 +150,7 @@ def calibrate(
         positive = same_id & (q_cams[block, None] != g_cams[None, :])
         positives.append(scores[positive])
         negative_scores = scores[~same_id]
+        negative_sum += float(negative_scores.double().sum())
         candidates = torch.cat([top_negatives, negative_scores])
         top_negatives = torch.topk(candidates, min(keep, len(candidates))).values
         positive_counts += torch.histc(positives[-1], HISTOGRAM_BINS, -1, 1).to(torch.int64)
@@ -168,15 +173,13 @@ def calibrate(
         ))
     quantile = torch.tensor([0.01, 0.5, 0.99])
     positive_q = torch.quantile(positive_scores.double(), quantile.double()).tolist()
-    cumulative = torch.cumsum(negative_counts, 0).double() / num_negative
-    median_bin = int(torch.searchsorted(cumulative, torch.tensor(0.5, dtype=torch.float64)))
-    negative_q = {"p50": float(edges[median_bin: median_bin + 2].mean())}
+    negative_q = {}
     for name, fraction in (("p99", 0.01), ("p99.9", 0.001)):
         rank = math.floor(fraction * num_negative)
         negative_q[name] = float(top_negatives[rank]) if rank < len(top_negatives) else float("nan")
     return Calibration(
         points, len(positive_scores), num_negative,
-        dict(zip(("p1", "p50", "p99"), positive_q, strict=True)), negative_q,
+        dict(zip(("p1", "p50", "p99"), positive_q, strict=True)), negative_q, negative_sum / num_negative,
         edges.tolist(), positive_counts.tolist(), negative_counts.tolist(), feature,
     )
 

@@ -55,7 +55,7 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"\ncosine similarity of the {calibration.feature.replace('_', '-')} feature{used}: "
               f"{calibration.num_positive} same-person pairs from different cameras, median {positive['p50']:.4f} "
               f"(1st-99th percentile {positive['p1']:.4f} to {positive['p99']:.4f}); {calibration.num_negative} "
-              f"different-person pairs, median about {negative['p50']:.3f}, 99th percentile {negative['p99']:.4f}")
+              f"different-person pairs, mean {calibration.negative_mean:.4f}, 99th percentile {negative['p99']:.4f}")
         print("thresholds (a pair matches when its cosine is above):")
         print(calibration.table())
         if args.calibration:

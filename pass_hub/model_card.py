@@ -167,7 +167,8 @@ def deployment_section(calibration: Calibration, dataset: str, picture: str | No
     Example:
         >>> from pass_hub.calibration import Calibration, OperatingPoint
         >>> point = OperatingPoint(target_fpr=0.01, threshold=0.41, tpr=0.9, fpr=0.0099, resolved=True)
-        >>> text = deployment_section(Calibration([point], 10, 1000, {}, {}, [], [], [], "after_neck"), "market1501")
+        >>> text = deployment_section(Calibration([point], 10, 1000, {}, {}, 0.0, [], [], [], "after_neck"),
+        ...                           "market1501")
         >>> "| 0.01 | 90.0% | 0.4100 |" in text
         True
     """

@@ -39,7 +39,7 @@ def brute_force_points(queries, gallery, q_pids, g_pids, q_cams, g_cams, fprs):
         candidates = sorted(set(negatives.tolist()))
         threshold = next(t for t in candidates if (negatives > t).sum() <= allowed)
         points.append((threshold, (positives > threshold).mean(), (negatives > threshold).sum() / len(negatives)))
-    return points, len(positives), len(negatives)
+    return points, positives, negatives
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -53,7 +53,8 @@ def test_tpr_at_fpr_matches_brute_force_on_random_cases(seed):
     gallery[:5] = gallery[5:10]  # exact ties among the scores
     q_cams, g_cams = rng.integers(0, 3, 25), rng.integers(0, 3, 120)
     fprs = (0.2, 0.05, 0.01, 1e-3)
-    expected, num_positive, num_negative = brute_force_points(queries, gallery, q_pids, g_pids, q_cams, g_cams, fprs)
+    expected, positives, negatives = brute_force_points(queries, gallery, q_pids, g_pids, q_cams, g_cams, fprs)
+    num_positive, num_negative = len(positives), len(negatives)
     for chunk_size in (None, 1, 7):  # the query blocks must not change anything
         result = calibrate(queries, gallery, q_pids, g_pids, q_cams, g_cams, fprs=fprs, chunk_size=chunk_size)
         assert (result.num_positive, result.num_negative) == (num_positive, num_negative)
@@ -63,6 +64,12 @@ def test_tpr_at_fpr_matches_brute_force_on_random_cases(seed):
             assert point.fpr <= point.target_fpr
             assert point.resolved == (point.target_fpr * num_negative >= 1)
         assert sum(result.positive_counts) == num_positive and sum(result.negative_counts) == num_negative
+        # The summary statistics are exact too: all positives, the negatives' mean and top percentile.
+        assert result.negative_mean == pytest.approx(negatives.astype(np.float64).mean(), abs=1e-6)
+        assert result.negative_quantiles["p99"] == pytest.approx(
+            np.sort(negatives)[::-1][math.floor(0.01 * num_negative)], abs=1e-6)
+        assert [result.positive_quantiles[k] for k in ("p1", "p50", "p99")] == pytest.approx(
+            np.quantile(positives.astype(np.float64), [0.01, 0.5, 0.99]), abs=1e-6)
 
 
 def test_calibration_separates_well_separated_people_and_refuses_bad_input():
@@ -99,7 +106,7 @@ def test_calibration_picture_and_card_section(tmp_path):
     assert "after-neck feature" in section and "![score histograms and ROC curve](calibration.png)" in section
     assert result.table() in section
     assert set(result.to_dict()) == {"points", "num_positive", "num_negative", "positive_quantiles",
-                                     "negative_quantiles", "feature"}
+                                     "negative_quantiles", "negative_mean", "feature"}
 
 
 def test_threshold_keeps_exactly_the_matches_above_it():
