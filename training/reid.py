@@ -335,7 +335,9 @@ def finish_run(
         describe: ``results`` -> :func:`publish`'s ``name``, ``summary``, ``training`` (and ``extra_tags``).
         checked: Tensors besides the parameters that must be equal on every process (``replicas_in_sync``).
     """
-    final = evaluate(model, data, args, accelerator, return_per_query=True, calibration=True)
+    # Calibrated here only when these are the weights published; otherwise publish() calibrates the chosen ones.
+    final = evaluate(model, data, args, accelerator, return_per_query=True,
+                     calibration=weights.selection == "final")
     unwrapped = accelerator.unwrap_model(model)
     weights.consider(final, results["steps"], unwrapped, accelerator, final=True)
     results.update(
