@@ -234,7 +234,7 @@ def _quantize_int8(path: Path) -> None:
         root.setLevel(logging.ERROR)
         # MatMul only: the quantiser mistakes opset 23's Attention for onnxruntime's own contrib operator.
         quantize_dynamic(path, quantized, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                         per_channel=True)
+                         per_channel=True, reduce_range=True)
         model = onnx.load(str(quantized))
         model.metadata_props.clear()
         for key, value in metadata.items():
