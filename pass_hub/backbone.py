@@ -41,6 +41,40 @@ PRESETS: dict[str, dict] = {
     "pass_vit_base": dict(embed_dim=768, depth=12, num_heads=12),
 }
 REID_IMAGE_SIZE = (256, 128)
+ARCHITECTURE_KEYS = ("embed_dim", "depth", "num_heads")
+
+
+def backbone_architecture(name: str) -> dict[str, int]:
+    """``embed_dim``, ``depth`` and ``num_heads`` of a preset (``pass_vit_small`` or ``small``) or of a written-out
+    architecture ``"embed_dim=D,depth=L,num_heads=H"`` (what :func:`architecture_name` gives for any other ViT).
+
+    Example:
+        >>> backbone_architecture("small"), backbone_architecture("embed_dim=48,depth=2,num_heads=2")
+        ({'embed_dim': 384, 'depth': 12, 'num_heads': 6}, {'embed_dim': 48, 'depth': 2, 'num_heads': 2})
+    """
+    key = name if name in PRESETS else f"pass_vit_{name}"
+    if key in PRESETS:
+        return dict(PRESETS[key])
+    fields = dict(item.partition("=")[::2] for item in name.replace(" ", "").split(","))
+    if set(fields) != set(ARCHITECTURE_KEYS) or not all(value.isdigit() for value in fields.values()):
+        raise ValueError(f"unknown backbone {name!r}: expected one of {sorted(PRESETS)} or "
+                         "'embed_dim=D,depth=L,num_heads=H'")
+    arch = {key: int(fields[key]) for key in ARCHITECTURE_KEYS}
+    if min(arch.values()) < 1 or arch["embed_dim"] % arch["num_heads"]:
+        raise ValueError(f"backbone {name!r}: need positive values and embed_dim divisible by num_heads")
+    return arch
+
+
+def architecture_name(embed_dim: int, depth: int, num_heads: int) -> str:
+    """The preset of this ViT shape, or the shape written out for :func:`backbone_architecture`.
+
+    Example:
+        >>> architecture_name(192, 12, 3), architecture_name(48, 2, 2)
+        ('pass_vit_tiny', 'embed_dim=48,depth=2,num_heads=2')
+    """
+    arch = {"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads}
+    found = next((name for name, preset in PRESETS.items() if preset == arch), None)
+    return found or ",".join(f"{key}={value}" for key, value in arch.items())
 
 
 class TokenOutputs(NamedTuple):

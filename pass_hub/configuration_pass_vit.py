@@ -13,7 +13,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
-from .backbone import FUSIONS, PASS_POOLS, PRESETS, REID_IMAGE_SIZE
+from .backbone import FUSIONS, PASS_POOLS, PRESETS, REID_IMAGE_SIZE, backbone_architecture
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -136,11 +136,9 @@ class PassViTConfig(BackboneConfigMixin, PreTrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **kwargs: Any) -> PassViTConfig:
-        """Config of a named preset (``pass_vit_tiny`` / ``pass_vit_small`` / ``pass_vit_base``, or ``tiny`` ...)."""
-        key = name if name in PRESETS else f"pass_vit_{name}"
-        if key not in PRESETS:
-            raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        preset = PRESETS[key]
+        """Config of a named preset (``pass_vit_tiny`` / ``pass_vit_small`` / ``pass_vit_base``, or ``tiny`` ...) or
+        of a written-out shape ``"embed_dim=D,depth=L,num_heads=H"``."""
+        preset = backbone_architecture(name)
         arch = dict(
             hidden_size=preset["embed_dim"],
             num_hidden_layers=preset["depth"],

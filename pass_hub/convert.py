@@ -29,18 +29,35 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from .backbone import PRESETS
 
-# Globals a PASS checkpoint pickle legitimately contains besides tensors and builtin containers.
-SAFE_GLOBALS: list[Any] = [argparse.Namespace]
+if TYPE_CHECKING:
+    from .configuration_pass_vit import PassViTConfig
+    from .modeling_pass_vit import PassViTForReID, PassViTModel
+
+# Globals a PASS checkpoint pickle legitimately contains besides tensors and builtin containers: the ``args`` of a
+# pre-training checkpoint, and the numpy scalars its optimizer state holds (the original writes each step's lr and
+# weight decay from numpy schedules), under numpy 2's module name and numpy 1's (the original's files).
+try:
+    from numpy._core.multiarray import scalar as _NUMPY_SCALAR  # numpy >= 2
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.multiarray import scalar as _NUMPY_SCALAR
+SAFE_GLOBALS: list[Any] = [
+    argparse.Namespace,
+    np.dtype,
+    *(getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")),
+    (_NUMPY_SCALAR, "numpy._core.multiarray.scalar"),
+    (_NUMPY_SCALAR, "numpy.core.multiarray.scalar"),
+]
 
 ORIGINAL_PREFIX_KEYS = ("cls_pos", "part1_pos", "part2_pos", "part3_pos")
 ORIGINAL_PART_TOKENS = ("part_token1", "part_token2", "part_token3")
-NECK_BUFFERS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+REID_HEAD_PREFIXES = ("cls_neck.", "part_necks.", "fused_neck.", "classifier.")
 # Classifier heads of the underlying ViT that PASS never uses (the original ``base.fc``).
 UNUSED_HEAD_PREFIXES = ("fc.", "head.")
 
@@ -90,7 +107,8 @@ def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
         detail = f" (it asks for {', '.join(sorted(set(wanted)))})" if wanted else ""
         raise ValueError(
             f"{path}: refusing to unpickle objects outside the allow-list{detail}. PASS checkpoints hold only "
-            "tensors, containers and argparse.Namespace; a pickle that wants more could run arbitrary code."
+            "tensors, containers, numpy scalars and argparse.Namespace; a pickle that wants more could run arbitrary "
+            "code."
         ) from err
     except (RuntimeError, EOFError) as err:
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
@@ -129,6 +147,31 @@ def _unwrap(checkpoint: Mapping[str, Any]) -> tuple[dict[str, Any], str | None, 
         state = state[nested]
 
 
+def original_backbone_pieces(key: str, num_parts: int = 3) -> list[str]:
+    """The original PASS name(s) of one pass-hub backbone key, in order along dim 1: ``reg_token`` holds
+    ``part_token1..P``, ``pos_embed`` holds ``cls_pos``, ``part1_pos..partP_pos`` and the patch ``pos_embed``.
+
+    Example:
+        >>> original_backbone_pieces("pos_embed"), original_backbone_pieces("blocks.0.attn.qkv.weight")
+        (['cls_pos', 'part1_pos', 'part2_pos', 'part3_pos', 'pos_embed'], ['blocks.0.attn.qkv.weight'])
+    """
+    parts = range(1, num_parts + 1)
+    if key == "reg_token":
+        return [f"part_token{k}" for k in parts]
+    if key == "pos_embed":
+        return ["cls_pos", *(f"part{k}_pos" for k in parts), "pos_embed"]
+    return [key]
+
+
+def split_as_original(key: str, tensor: torch.Tensor, num_parts: int = 3) -> list[torch.Tensor]:
+    """Views of a pass-hub backbone tensor, one per original tensor it holds (:func:`original_backbone_pieces`):
+    the original's prefix tokens and positions are one row each, its patch table the rest."""
+    pieces = len(original_backbone_pieces(key, num_parts))
+    if pieces == 1:
+        return [tensor]
+    return list(tensor.split([1] * (pieces - 1) + [tensor.shape[1] - pieces + 1], dim=1))
+
+
 def _original_to_backbone(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
     missing = [k for k in (*ORIGINAL_PART_TOKENS, *ORIGINAL_PREFIX_KEYS, "pos_embed") if k not in state]
     if missing:
@@ -140,15 +183,63 @@ def _original_to_backbone(state: dict[str, torch.Tensor], source: str) -> dict[s
 
 
 def _original_reid_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The necks and classifier of an original ReID model in pass-hub names: ``bottleneck`` is the CLS neck when
+    ``bottleneck_1..P`` (the PART necks) exist, and the one neck on the fused feature when they do not."""
+    single = "bottleneck_1.weight" not in state
     head = {}
     for name, value in state.items():
         neck = re.fullmatch(r"bottleneck(?:_(\d+))?\.(\w+)", name)
         if neck:
             index, buffer = neck.groups()
-            head[f"cls_neck.{buffer}" if index is None else f"part_necks.{int(index) - 1}.{buffer}"] = value
+            if index is not None:
+                head[f"part_necks.{int(index) - 1}.{buffer}"] = value
+            else:
+                head[f"{'fused_neck' if single else 'cls_neck'}.{buffer}"] = value
         elif name == "classifier.weight":
             head[name] = value
     return head
+
+
+def original_reid_pieces(key: str, num_parts: int = 3) -> list[str]:
+    """The original fine-tuned model's name(s) of one ``PassViTForReID`` key (several: pieces along dim 1).
+
+    Example:
+        >>> original_reid_pieces("pass_vit.vit.reg_token"), original_reid_pieces("part_necks.0.weight")
+        (['base.part_token1', 'base.part_token2', 'base.part_token3'], ['bottleneck_1.weight'])
+    """
+    if key.startswith("pass_vit.vit."):
+        return [f"base.{piece}" for piece in original_backbone_pieces(key.removeprefix("pass_vit.vit."), num_parts)]
+    part = re.fullmatch(r"part_necks\.(\d+)\.(\w+)", key)
+    if part:
+        return [f"bottleneck_{int(part.group(1)) + 1}.{part.group(2)}"]
+    return [re.sub(r"^(cls_neck|fused_neck)\.", "bottleneck.", key)]
+
+
+def reid_model_to_original(state: Mapping[str, torch.Tensor], num_parts: int = 3) -> dict[str, torch.Tensor]:
+    """A ``PassViTForReID`` state dict in the original fine-tuned model's names (``base.*``, ``bottleneck``,
+    ``bottleneck_1..P``, ``classifier.weight``): what the original ``test.py`` loads. Split tensors are views."""
+    out = {}
+    for key, tensor in state.items():
+        inner = key.removeprefix("pass_vit.vit.")
+        views = split_as_original(inner, tensor, num_parts) if inner != key else [tensor]
+        out.update(zip(original_reid_pieces(key, num_parts), views, strict=True))
+    return out
+
+
+def reid_head_layout(head: Mapping[str, torch.Tensor], hidden_size: int) -> dict[str, Any]:
+    """The ``neck`` and, where the shapes tell it, the ``feature_fusion`` of a ReID head in pass-hub names.
+
+    A fused feature is 2D wide with ``cat`` and D with ``mean``: the single neck's width or the classifier's input
+    says which; per-token necks without a classifier do not (the entry is then absent).
+    """
+    layout: dict[str, Any] = {"neck": "single" if "fused_neck.weight" in head else "per_token"}
+    fused = head.get("fused_neck.weight")
+    width = fused.shape[0] if fused is not None else None
+    if width is None and "classifier.weight" in head:
+        width = head["classifier.weight"].shape[1]
+    if width is not None:
+        layout["feature_fusion"] = "cat" if width == 2 * hidden_size else "mean"
+    return layout
 
 
 def _drop_unused_heads(backbone: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -165,7 +256,7 @@ def extract_weights(checkpoint: Mapping[str, Any], source: str = "checkpoint") -
         return ExtractedWeights(_drop_unused_heads(tensors), {}, "pretraining", metadata)
     for prefix in ("pass_vit.vit.", "vit."):
         if any(k.startswith(prefix) for k in tensors):
-            head = {k: v for k, v in tensors.items() if k.startswith(("cls_neck.", "part_necks.", "classifier."))}
+            head = {k: v for k, v in tensors.items() if k.startswith(REID_HEAD_PREFIXES)}
             return ExtractedWeights(_strip(tensors, prefix), head, "pass_hub")
     if "base.cls_token" in tensors:
         backbone = _drop_unused_heads(_strip(tensors, "base."))
@@ -194,13 +285,21 @@ def infer_grid(num_patches: int, height_to_width: int = 2) -> tuple[int, int]:
 
 
 def infer_backbone_args(
-    backbone: Mapping[str, torch.Tensor], arch: str | None = None, num_heads: int | None = None
+    backbone: Mapping[str, torch.Tensor],
+    arch: str | None = None,
+    num_heads: int | None = None,
+    source: str = "checkpoint",
 ) -> dict[str, Any]:
-    """``PassVisionTransformer`` arguments from tensor shapes (heads = D/64 unless ``num_heads`` or ``arch`` says)."""
+    """``PassVisionTransformer`` arguments from tensor shapes.
+
+    The tensors do not hold the number of attention heads: it is ``num_heads`` when given, the preset's for
+    ``arch``, else width / 64 (the ViT convention of every PASS model). A width that 64 does not divide is refused
+    rather than guessed: ``ValueError`` asks for ``num_heads``.
+    """
     required = ("cls_token", "reg_token", "pos_embed", "patch_embed.proj.weight")
     missing = [k for k in required if k not in backbone]
     if missing:
-        raise ValueError(f"cannot infer the architecture: missing {missing}")
+        raise ValueError(f"{source}: cannot infer the architecture: missing {missing}")
     dim = backbone["cls_token"].shape[-1]
     blocks = {int(m.group(1)) for k in backbone if (m := re.match(r"blocks\.(\d+)\.", k))}
     proj = backbone["patch_embed.proj.weight"]
@@ -213,7 +312,7 @@ def infer_backbone_args(
         in_chans=proj.shape[1],
         embed_dim=dim,
         depth=max(blocks) + 1 if blocks else 0,
-        num_heads=num_heads or max(dim // 64, 1),
+        num_heads=num_heads,
         mlp_ratio=backbone["blocks.0.mlp.fc1.weight"].shape[0] / dim if blocks else 4.0,
         qkv_bias="blocks.0.attn.qkv.bias" in backbone,
         num_parts=num_parts,
@@ -229,6 +328,16 @@ def infer_backbone_args(
                 f"the checkpoint has embed_dim={dim}, depth={args['depth']}"
             )
         args["num_heads"] = num_heads or preset["num_heads"]
+    elif num_heads is None:
+        if dim % 64:
+            raise ValueError(
+                f"{source}: its tensors do not say how many attention heads the ViT has, and its width {dim} is not "
+                "a multiple of 64 (64 values per head, the convention of every PASS model); give the number with "
+                "num_heads= (--num_heads on the command line)"
+            )
+        args["num_heads"] = dim // 64
+    if dim % args["num_heads"]:
+        raise ValueError(f"{source}: width {dim} does not split into {args['num_heads']} attention heads")
     return args
 
 
@@ -250,6 +359,56 @@ def check_state_dict(
     ]
     if problems:
         raise ValueError(f"{source}: weights do not fit the model; " + "; ".join(problems))
+
+
+def config_from_weights(weights: ExtractedWeights, args: Mapping[str, Any], **overrides: Any) -> PassViTConfig:
+    """The ``PassViTConfig`` of extracted weights: the backbone of :func:`infer_backbone_args` ``args`` and, for a
+    ReID model, its head (identities = classifier rows, none without a classifier; neck and fusion from the
+    shapes) with the ReID mean/std 0.5. ``overrides`` replace any value."""
+    from .configuration_pass_vit import REID_MEAN, REID_STD, PassViTConfig
+
+    values: dict[str, Any] = dict(
+        hidden_size=args["embed_dim"],
+        num_hidden_layers=args["depth"],
+        num_attention_heads=args["num_heads"],
+        mlp_ratio=args["mlp_ratio"],
+        qkv_bias=args["qkv_bias"],
+        image_size=tuple(args["img_size"]),
+        patch_size=args["patch_size"],
+        num_channels=args["in_chans"],
+        num_part_tokens=args["num_parts"],
+    )
+    if weights.reid_head:
+        classifier = weights.reid_head.get("classifier.weight")
+        values.update(reid_head_layout(weights.reid_head, args["embed_dim"]), image_mean=REID_MEAN,
+                      image_std=REID_STD, num_labels=0 if classifier is None else classifier.shape[0])
+    return PassViTConfig(**{**values, **overrides})
+
+
+def model_from_weights(
+    weights: ExtractedWeights, args: Mapping[str, Any], source: str, **overrides: Any
+) -> PassViTModel | PassViTForReID:
+    """The pass-hub model of extracted weights (:func:`config_from_weights`), loaded strictly: a
+    ``PassViTForReID`` with its necks and classifier for a ReID model, a ``PassViTModel`` for a backbone.
+
+    Raises:
+        ValueError: naming every missing, unexpected and mis-shaped key.
+    """
+    from .modeling_pass_vit import PassViTForReID, PassViTModel
+
+    config = config_from_weights(weights, args, **overrides)
+    if weights.reid_head:
+        model = PassViTForReID(config)
+        backbone = model.pass_vit.vit
+        head_expected = {k: v for k, v in model.state_dict().items() if not k.startswith("pass_vit.")}
+        check_state_dict(head_expected, weights.reid_head, source)
+        model.load_state_dict(weights.reid_head, strict=False)
+    else:
+        model = PassViTModel(config)
+        backbone = model.vit
+    check_state_dict(backbone.state_dict(), weights.backbone, source)
+    backbone.load_state_dict(weights.backbone, strict=True)
+    return model
 
 
 def convert_checkpoint(
@@ -274,41 +433,14 @@ def convert_checkpoint(
         num_heads: Attention heads, when neither the preset nor D/64 is right.
         overwrite: Replace an existing ``out_dir``.
     """
-    from .configuration_pass_vit import REID_MEAN, REID_STD, PassViTConfig
     from .hub import save_hub_folder
     from .model_card import render_model_card
-    from .modeling_pass_vit import PassViTForReID, PassViTModel
 
     source = str(src)
     weights = extract_weights(load_checkpoint_file(src), source=source)
-    args = infer_backbone_args(weights.backbone, arch=arch, num_heads=num_heads)
-    config = PassViTConfig(
-        hidden_size=args["embed_dim"],
-        num_hidden_layers=args["depth"],
-        num_attention_heads=args["num_heads"],
-        mlp_ratio=args["mlp_ratio"],
-        qkv_bias=args["qkv_bias"],
-        image_size=tuple(args["img_size"]),
-        patch_size=args["patch_size"],
-        num_channels=args["in_chans"],
-        num_part_tokens=args["num_parts"],
-    )
-    if weights.reid_head:
-        classifier = weights.reid_head.get("classifier.weight")
-        if classifier is None:
-            raise ValueError(f"{source}: fine-tuned ReID checkpoint without 'classifier.weight'")
-        config.num_labels = classifier.shape[0]
-        config.image_mean, config.image_std = REID_MEAN, REID_STD
-        model = PassViTForReID(config)
-        backbone = model.pass_vit.vit
-        head_expected = {k: v for k, v in model.state_dict().items() if not k.startswith("pass_vit.")}
-        check_state_dict(head_expected, weights.reid_head, source)
-        model.load_state_dict(weights.reid_head, strict=False)
-    else:
-        model = PassViTModel(config)
-        backbone = model.vit
-    check_state_dict(backbone.state_dict(), weights.backbone, source)
-    backbone.load_state_dict(weights.backbone, strict=True)
+    args = infer_backbone_args(weights.backbone, arch=arch, num_heads=num_heads, source=source)
+    model = model_from_weights(weights, args, source)
+    config = model.config
     card = render_model_card(
         config,
         kind="reid" if weights.reid_head else "backbone",

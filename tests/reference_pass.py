@@ -7,6 +7,7 @@ Deliberately plain and separate from ``pass_hub``: the original key names (``par
 from __future__ import annotations
 
 import argparse
+import math
 import warnings
 
 import torch
@@ -148,6 +149,7 @@ class ReferenceReID(nn.Module):
             setattr(self, f"bottleneck_{k}", nn.BatchNorm1d(dim))
         with torch.no_grad():
             for k, neck in enumerate(self.necks()):
+                neck.bias.requires_grad_(False)  # frozen at 0 in the original
                 neck.weight.uniform_(0.5, 1.5)
                 neck.running_mean.normal_(0, 0.3)
                 neck.running_var.uniform_(0.5, 2.0)
@@ -325,3 +327,62 @@ def original_pretraining_checkpoint(
         "fp16_scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
                         "_growth_tracker": 0},
     }
+
+
+def reference_triplet(features: torch.Tensor, labels: torch.Tensor, margin: float | None) -> torch.Tensor:
+    """Batch-hard triplet, one anchor at a time: farthest positive, closest negative (Euclidean); soft margin
+    ``log(1 + exp(d_ap - d_an))`` when ``margin`` is None."""
+    losses = []
+    for anchor in range(len(labels)):
+        same = [j for j in range(len(labels)) if labels[j] == labels[anchor] and j != anchor]
+        other = [j for j in range(len(labels)) if labels[j] != labels[anchor]]
+        positives = [torch.dist(features[anchor], features[j]) for j in same]
+        negatives = [torch.dist(features[anchor], features[j]) for j in other]
+        gap = max(positives) - min(negatives)
+        losses.append(torch.log1p(torch.exp(gap)) if margin is None else torch.clamp(gap + margin, min=0))
+    return torch.stack(losses).mean()
+
+
+def original_finetuning_groups(
+    model: ReferenceReID, lr: float, weight_decay: float, bias_lr_factor: float, weight_decay_bias: float
+) -> list[dict]:
+    """The original's SGD groups (recipes.md section 2, optimizer): one per trainable tensor, a name holding "bias"
+    at ``bias_lr_factor`` x lr and ``weight_decay_bias``; each group remembers its name and peak."""
+    groups = []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            bias = "bias" in name
+            groups.append({"params": [param], "name": name, "peak": lr * (bias_lr_factor if bias else 1.0),
+                           "weight_decay": weight_decay_bias if bias else weight_decay})
+    return groups
+
+
+def original_finetuning_lr(base: float, peak: float, t: int, epochs: int, warmup: int) -> float:
+    """recipes.md correction 1: epoch t (0-based) of a group peaking at ``peak``; start 0.01b and floor 0.002b."""
+    if t < warmup:
+        return 0.01 * base + t * (peak - 0.01 * base) / warmup
+    return 0.002 * base + 0.5 * (peak - 0.002 * base) * (1 + math.cos(math.pi * t / epochs))
+
+
+def reference_finetuning_step(
+    model: ReferenceReID, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+    learning_rates: list[float],
+) -> tuple[float, float]:
+    """One iteration of the original ``do_train`` as recipes.md section 2 states it, train mode, fp32: group lrs,
+    zero_grad, forward, cross-entropy on the classifier's scores of cat(BN(CLS), BN_k(P_k)/3 summed) plus the
+    soft-margin batch-hard triplet on cat(CLS, P_k/3 summed), backward, SGD step. Returns (CE, triplet)."""
+    model.train()
+    for group, lr in zip(optimizer.param_groups, learning_rates, strict=True):
+        group["lr"] = lr
+    optimizer.zero_grad()
+    tokens = model.base(images)
+    necks = model.necks()
+    parts = [tokens[:, 1 + k] for k in range(PARTS)]
+    before = torch.cat([tokens[:, 0], parts[0] / 3 + parts[1] / 3 + parts[2] / 3], dim=1)
+    after_parts = [necks[1 + k](parts[k]) for k in range(PARTS)]
+    after = torch.cat([necks[0](tokens[:, 0]), after_parts[0] / 3 + after_parts[1] / 3 + after_parts[2] / 3], dim=1)
+    cross_entropy = F.cross_entropy(model.classifier(after), labels)
+    triplet = reference_triplet(before, labels, margin=None)
+    (cross_entropy + triplet).backward()
+    optimizer.step()
+    return cross_entropy.item(), triplet.item()

@@ -9,6 +9,7 @@ import pytest
 import torch
 from accelerate.data_loader import BatchSamplerShard
 from PIL import Image
+from reference_pass import reference_triplet
 
 from training.losses import batch_hard_triplet_loss, euclidean_distances
 from training.optim import bias_lr_groups, reid_optimizer, set_hyperparameters
@@ -83,18 +84,6 @@ def test_pk_rejects_too_few_identities():
         PKBatchSampler([7, 7, 7], identities_per_batch=4, instances_per_identity=2)
     with pytest.raises(ValueError, match="P and K must be >= 1"):
         PKBatchSampler(LABELS, 0, 4)
-
-
-def reference_triplet(features: torch.Tensor, labels: torch.Tensor, margin: float | None) -> torch.Tensor:
-    losses = []
-    for anchor in range(len(labels)):
-        same = [j for j in range(len(labels)) if labels[j] == labels[anchor] and j != anchor]
-        other = [j for j in range(len(labels)) if labels[j] != labels[anchor]]
-        positives = [torch.dist(features[anchor], features[j]) for j in same]
-        negatives = [torch.dist(features[anchor], features[j]) for j in other]
-        gap = max(positives) - min(negatives)
-        losses.append(torch.log1p(torch.exp(gap)) if margin is None else torch.clamp(gap + margin, min=0))
-    return torch.stack(losses).mean()
 
 
 @pytest.mark.parametrize("margin", [None, 0.3])

@@ -18,8 +18,9 @@ from transformers import AutoImageProcessor, AutoModel
 
 import pass_hub
 from pass_hub.data import load_dataset_spec, relabel_pids
-from training import push, reid
+from training import push
 from training.recipes import RECIPES
+from training.reid_start import load_finetuning_start
 from training.samplers import PKBatchSampler
 
 SCRIPT = ROOT / "training" / "finetune.py"
@@ -89,10 +90,12 @@ def test_init_from_a_pretrained_folder_resamples_positions(tmp_path):
     config = pass_hub.PassViTConfig.from_preset("tiny", image_size=(64, 32))
     backbone = pass_hub.PassViTModel(config)
     pass_hub.save_hub_folder(backbone, tmp_path / "pre")
-    initial = reid.load_initial_backbone(str(tmp_path / "pre"))
+    start = load_finetuning_start(str(tmp_path / "pre"))
     settings = dataclasses.replace(RECIPES["finetune"]["cpu_demo"].settings, image_size=(96, 32))
-    model = reid.build_model(initial, settings, num_labels=3)
-    assert initial.base_model is None and not initial.fine_tuned and model.config.image_size == (96, 32)
+    model = start.model(settings, num_labels=3)
+    assert start.base_model is None and not start.fine_tuned and model.config.image_size == (96, 32)
+    assert start.kept(settings, 3).endswith("backbone kept, new necks and classifier; its position table "
+                                            "resampled from 4x2 to 6x2 patches")
     assert torch.equal(model.pass_vit.vit.blocks[3].mlp.fc1.weight, backbone.vit.blocks[3].mlp.fc1.weight)
     assert model.pass_vit.vit.pos_embed.shape[1] == 4 + 6 * 2
     assert torch.equal(model.pass_vit.vit.pos_embed[:, :4], backbone.vit.pos_embed[:, :4])  # CLS + PARTs kept

@@ -104,7 +104,7 @@ def test_reid_head(tiny_config):
 
 def test_config_validation_and_presets():
     assert pass_hub.PassViTConfig.from_preset("base").hidden_size == 768
-    with pytest.raises(ValueError, match="Unknown preset 'huge'"):
+    with pytest.raises(ValueError, match=r"unknown backbone 'huge': expected one of .*pass_vit_base"):
         pass_hub.PassViTConfig.from_preset("huge")
     for bad, match in (
         (dict(hidden_size=65), "not divisible by num_attention_heads"),

@@ -5,7 +5,6 @@ schedules, the erasing of cluster-contrast, and which weights are published."""
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections import Counter
 from itertools import groupby
@@ -19,7 +18,7 @@ from accelerate import Accelerator
 import pass_hub
 from pass_hub.backbone import PassVisionTransformer, original_pretraining_pos_embed
 from pass_hub.reranking import jaccard_distance
-from training import finetune
+from training.finetuning import learning_rate_table
 from training.optim import reid_optimizer
 from training.pass_pretraining import PretrainSchedules, init_tokens_as_original
 from training.recipes import RECIPES
@@ -33,7 +32,7 @@ def test_fine_tuning_lr_at_named_epochs():
     settings = RECIPES["finetune"]["market_vit_small_256"].settings
     model = torch.nn.Linear(4, 2)
     optimizer = reid_optimizer(model, "sgd", lr=settings.lr, weight_decay=1e-4, bias_lr_factor=2.0)
-    table = finetune.lr_table(optimizer, argparse.Namespace(**vars(settings))) / settings.lr  # in units of b
+    table = learning_rate_table(settings, optimizer) / settings.lr  # in units of b
     assert table.shape == (120, 2)
     expected = {  # epoch t (0-based): (weights, biases), worked out by hand from the formulas
         0: (0.01, 0.01),

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from accelerate import Accelerator
 from reference_pass import (
@@ -19,8 +20,10 @@ from reference_pass import (
     reference_pretraining_step,
 )
 from script_runs import ROOT, run_script
+from transformers import AutoModel
 
-from training.pass_pretraining import PassPretrainer, PretrainSchedules
+from training.optim import clip_gradients_per_tensor
+from training.pass_pretraining import PassPretrainer, PretrainSchedules, gradients_as_original_tensors, new_networks
 from training.pretraining_checkpoints import (
     centers_to_original,
     load_pretraining_start,
@@ -30,18 +33,22 @@ from training.pretraining_checkpoints import (
 from training.recipes import RECIPES
 
 BATCH, OUT, HIDDEN, BOTTLENECK = 2, 64, 32, 16
-# The paper's ViT-S recipe on a ViT-tiny at 64x32 (locals 32x16): every original behaviour, CPU-sized.
+# The paper's ViT-S recipe on a ViT-tiny at 64x32 (locals 32x16): every original behaviour, CPU-sized. A clipping
+# limit this low clips most tensors, the position rows and [PART] tokens among them, each by its own norm.
+CLIP = 0.02
 SETTINGS = dataclasses.replace(
     RECIPES["pretrain"]["pass_vit_small_lup"].settings, image_size=(64, 32), local_image_size=(32, 16),
-    drop_path_rate=0.0, global_batch_size=BATCH, warmup_epochs=0, mixed_precision="no",
+    drop_path_rate=0.0, global_batch_size=BATCH, warmup_epochs=0, mixed_precision="no", clip_grad=CLIP,
 )
 STEPS_PER_EPOCH = 2
 
 
-def reference_networks(seed: int = 0) -> tuple[ReferencePassDINO, ReferencePassDINO]:
+def reference_networks(
+    seed: int = 0, dim: int = 192, depth: int = 12, heads: int = 3
+) -> tuple[ReferencePassDINO, ReferencePassDINO]:
     def network() -> ReferencePassDINO:
-        backbone = ReferencePassViT(dim=192, depth=12, heads=3, grid=(4, 2), pretraining_positions=True)
-        return ReferencePassDINO(backbone, ReferenceMultiHead(192, OUT, HIDDEN, BOTTLENECK))
+        backbone = ReferencePassViT(dim=dim, depth=depth, heads=heads, grid=(4, 2), pretraining_positions=True)
+        return ReferencePassDINO(backbone, ReferenceMultiHead(dim, OUT, HIDDEN, BOTTLENECK))
 
     torch.manual_seed(seed)
     student, teacher = network(), network()
@@ -69,7 +76,7 @@ def original_run(tmp_path_factory):
             student, teacher, centers, optimizer, *views(iteration), lr=float(schedules.lr[iteration]),
             weight_decay=float(schedules.weight_decay[iteration]), momentum=float(schedules.momentum[iteration]),
             teacher_temp=float(schedules.teacher_temp[iteration // STEPS_PER_EPOCH]),
-            epoch=iteration // STEPS_PER_EPOCH,
+            epoch=iteration // STEPS_PER_EPOCH, clip_grad=CLIP,
         )
         return loss
 
@@ -100,7 +107,7 @@ def test_two_steps_from_an_original_checkpoint_equal_the_loop_reference(original
         got = to_original_layout(ours.state_dict(), ours)
         assert got.keys() == expected.keys()
         for key, tensor in expected.items():
-            torch.testing.assert_close(got[key], tensor, rtol=1e-4, atol=2e-5, msg=f"{role} {key}")
+            torch.testing.assert_close(got[key], tensor, rtol=1e-5, atol=1e-6, msg=f"{role} {key}")
     expected_centers = centers_to_original(torch.cat(reference["centers"]))
     for key, tensor in centers_to_original(trainer.centers.centers).items():
         torch.testing.assert_close(tensor, expected_centers[key], rtol=1e-5, atol=1e-6)
@@ -183,6 +190,49 @@ SCRIPT = ROOT / "training" / "pretrain.py"
 TOY = ["--data", "synthetic:train_ids=2,test_ids=1,unlabelled=16,distractors=0,image_size=64x32",
        "--image_size", "64", "32", "--local_image_size", "32", "16", "--global_batch_size", "4", "--num_workers",
        "0", "--report_to", "none", "--skip_frozen_eval"]
+
+
+def test_any_vit_shape_continues_and_its_model_loads(tmp_path):
+    # A 48-wide, 2-block, 2-head ViT: no preset, and a width 64 does not divide.
+    student, teacher = reference_networks(2, dim=48, depth=2, heads=2)
+    centers = [torch.randn(1, OUT) * 0.1 for _ in range(4)]
+    optimizer = torch.optim.AdamW(original_param_groups(student))
+    path = tmp_path / "checkpoint.pth"
+    torch.save(original_pretraining_checkpoint(student, teacher, centers, optimizer, epoch=0, arch="custom"), path)
+    with pytest.raises(ValueError, match=r"width 48 is not a multiple of 64.*--num_heads"):
+        load_pretraining_start(str(path))
+    start = load_pretraining_start(str(path), num_heads=2)
+    settings = start.settings_for(SETTINGS)
+    assert settings.preset == "embed_dim=48,depth=2,num_heads=2"
+    networks = start.networks(settings)
+    assert networks[0].backbone.blocks[0].attn.num_heads == 2
+    out = tmp_path / "run"
+    result = run_script(SCRIPT, [*TOY, "--recipe", "pass_vit_small_lup", "--init", str(path), "--num_heads", "2",
+                                 "--max_steps", "1", "--output_dir", str(out)])
+    assert "preset pass_vit_small -> embed_dim=48,depth=2,num_heads=2 (from --init)" in result.stdout
+    folder = out / "pass-vit-pretrained"
+    model = AutoModel.from_pretrained(folder)
+    assert (model.config.hidden_size, model.config.num_hidden_layers, model.config.num_attention_heads) == (48, 2, 2)
+    timm_model = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    assert timm_model.blocks[0].attn.num_heads == 2 and timm_model(torch.randn(1, 3, 64, 32)).shape == (1, 96)
+    failed = run_script(SCRIPT, [*TOY, "--init", str(path), "--max_steps", "1", "--output_dir", str(tmp_path / "x")],
+                        check=False)
+    assert failed.returncode != 0 and "--num_heads" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_clipping_is_per_tensor_of_the_original_layout():
+    # Rows of reg_token / pos_embed are the original's separate tensors: each is clipped by its own norm.
+    network, _ = new_networks(dataclasses.replace(SETTINGS, preset="pass_vit_tiny", out_dim=OUT,
+                                                  head_hidden_dim=HIDDEN, head_bottleneck_dim=BOTTLENECK))
+    pos_embed = network.backbone.pos_embed
+    pos_embed.grad = torch.zeros_like(pos_embed)
+    pos_embed.grad[:, 0] = 10.0  # the CLS position: far over the limit
+    pos_embed.grad[:, 1] = 1e-4  # PART1's position: under it
+    gradients = gradients_as_original_tensors(network)
+    assert [tuple(g.shape) for g in gradients] == [(1, 1, 192)] * 4 + [(1, 8, 192)]
+    clip_gradients_per_tensor(gradients, max_norm=3.0)
+    assert pos_embed.grad[:, 0].norm().item() == pytest.approx(3.0, rel=1e-5)
+    assert torch.all(pos_embed.grad[:, 1] == 1e-4)  # one merged norm would have scaled it down too
 
 
 def test_pretrain_continues_an_original_checkpoint_and_a_pass_hub_run(original_run, tmp_path):

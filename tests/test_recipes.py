@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 
 import pytest
+from accelerate import Accelerator
 
-from training import finetune, pretrain, usl
+from training import finetune, pretrain, reid, usl
 from training.recipes import RECIPES
 
 PRETRAIN_VIT_S = {
@@ -34,7 +35,8 @@ PRETRAIN = {
 FINETUNE_COMMON = {
     "num_instances": 4, "drop_path_rate": 0.1, "neck": "per_token", "feature_fusion": "cat",
     "normalize_neck_outputs": False, "reid_feature": "before_neck", "epochs": 120, "global_batch_size": 64,
-    "optimizer": "sgd", "lr": 4e-4, "weight_decay": 1e-4, "momentum": 0.9, "bias_lr_factor": 2.0,
+    "optimizer": "sgd", "lr": 4e-4, "weight_decay": 1e-4, "weight_decay_bias": 1e-4, "momentum": 0.9,
+    "bias_lr_factor": 2.0,
     "warmup_epochs": 20, "warmup_start_factor": 0.01, "final_lr_factor": 0.002, "label_smoothing": 0.0,
     "triplet_margin": None, "triplet_weight": 1.0, "ce_weight": 1.0, "mixed_precision": "fp16",
     "cudnn_benchmark": True, "cudnn_deterministic": True, "eval_every": 120, "flip_test": False,
@@ -161,8 +163,7 @@ def test_a_recipe_that_needs_data_says_so(tmp_path):
     with pytest.raises(SystemExit, match=r"market1501 needs its folder: give --data_dir DIR .*Market-1501"):
         finetune.load_data(finetune.parse_args(["--recipe", "market_vit_small_256"]))
     with pytest.raises(SystemExit, match=r"no such file; this recipe needs .*pass_vit_small_full\.pth"):
-        finetune.load_initial_backbone("pass_vit_small_full.pth", finetune.parse_args(
-            ["--recipe", "market_vit_small_256"]).resolved.recipe.needs)
+        reid.load_start(finetune.parse_args(["--recipe", "market_vit_small_256"]), 10, Accelerator(cpu=True))
 
 
 def test_the_readme_table_lists_every_recipe_with_its_original_and_command():

@@ -19,8 +19,9 @@ from script_runs import ROOT, run_script, two_processes
 
 import pass_hub
 from pass_hub.model_card import reid_card_data, render_model_card
-from training import push, reid, usl
+from training import push, usl
 from training.cluster_contrast import ClusterMemory, cluster_centroids
+from training.reid_start import load_finetuning_start
 
 SCRIPT = ROOT / "training" / "usl.py"
 TOY_DATA = "synthetic:train_ids=8,test_ids=4,distractors=3,unlabelled=0,image_size=64x32"
@@ -86,11 +87,11 @@ def _reid_folder(path: Path) -> Path:
 
 def test_uda_from_a_fine_tuned_folder(tmp_path):
     source = _reid_folder(tmp_path / "source")
-    initial = reid.load_initial_backbone(str(source))
-    assert initial.fine_tuned and initial.base_model is None
+    start = load_finetuning_start(str(source))
+    assert start.fine_tuned and start.base_model is None
     expected = pass_hub.PassViTForReID.from_pretrained(source).pass_vit.vit.state_dict()
-    assert all(torch.equal(initial.weights[name], tensor) for name, tensor in expected.items())
-    assert not reid.load_initial_backbone("pass_vit_tiny").fine_tuned
+    assert all(torch.equal(start.backbone[name], tensor) for name, tensor in expected.items())
+    assert not load_finetuning_start("pass_vit_tiny").fine_tuned
 
     out = tmp_path / "uda"
     _run(["--output_dir", str(out), "--init", str(source), "--max_steps", "1", "--camera_centering",

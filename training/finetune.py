@@ -16,7 +16,6 @@ the learning rate, the original's per-epoch warm-up + cosine. The published fold
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,21 +29,19 @@ if __package__ in (None, ""):  # run as a script: make the repository's `trainin
 
 from training import recipes, runtime
 from training.data import SeededTransformDataset
-from training.losses import batch_hard_triplet_loss
-from training.optim import describe_reid_optimizer, reid_optimizer, set_hyperparameters
+from training.finetuning import ReidFinetuner
+from training.optim import describe_reid_optimizer
 from training.reid import (
     PublishedWeights,
     add_evaluation_arguments,
-    build_model,
-    check_architecture,
+    add_init_arguments,
     dataset_name,
     evaluate,
     finish_run,
     load_data_spec,
-    load_initial_backbone,
+    load_start,
 )
 from training.samplers import PKBatchSampler
-from training.schedules import warmup_cosine_per_epoch
 from training.transforms import reid_train_transform
 
 LOGGED = ("loss", "cross_entropy", "triplet", "lr", "mAP", "rank1", "images_per_second")
@@ -57,9 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     runtime.add_run_arguments(parser, default_output_dir="outputs/finetune")
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("--data_dir", default=None, help="dataset root for a loader name (same as --dataset NAME:DIR)")
-    inputs.add_argument("--init", default=None,
-                        help="pass-hub folder / hub id, original PASS checkpoint, or a preset name (random init); "
-                        "default: the recipe's (the released weights' file name, random init for cpu_demo)")
+    add_init_arguments(inputs, "pass-hub folder / hub id, original PASS checkpoint (a backbone, or a fine-tuned "
+                       "transformer_N.pth: with as many identities as the data, its necks and classifier are kept), "
+                       "or a preset name (random init); default: the recipe's (the released weights' file name, "
+                       "random init for cpu_demo)")
     add_evaluation_arguments(parser)
     return recipes.parse_script_args(parser, "finetune", argv, inputs=("init", "data_dir"))
 
@@ -75,19 +73,6 @@ def load_data(args: argparse.Namespace):
     if len(label_of_pid) < 2:
         raise SystemExit(f"--dataset {args.dataset}: the train split has {len(label_of_pid)} identity; need >= 2")
     return data, train, len(label_of_pid)
-
-
-def lr_table(optimizer: torch.optim.Optimizer, args: argparse.Namespace) -> np.ndarray:
-    """(epochs, groups) learning rates: each group peaks at its ``lr_scale`` x lr; start and floor are shared."""
-    return np.stack(
-        [
-            warmup_cosine_per_epoch(args.lr * group.get("lr_scale", 1.0), args.epochs, args.warmup_epochs,
-                                    warmup_start=args.lr * args.warmup_start_factor,
-                                    floor=args.lr * args.final_lr_factor)
-            for group in optimizer.param_groups
-        ],
-        axis=1,
-    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -110,12 +95,9 @@ def main(argv: list[str] | None = None) -> dict:
     # from it instead of the global RNG that drop path uses, so a resumed run masks exactly as an unbroken one.
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=args.num_workers,
                         generator=torch.Generator().manual_seed(args.seed))
-    initial = load_initial_backbone(args.init, args.resolved.recipe.needs)
-    check_architecture(initial, args.init, args.settings, args.recipe)
-    model = build_model(initial, args.settings, num_labels)
-    optimizer = reid_optimizer(model, args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-                               momentum=args.momentum, bias_lr_factor=args.bias_lr_factor)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    start, model = load_start(args, num_labels, accelerator)
+    finetuner = ReidFinetuner.build(args.settings, model, accelerator)
+    loader = accelerator.prepare(loader)
     state = runtime.TrainingState()
     weights = PublishedWeights(output_dir / "published", args.publish)
     accelerator.register_for_checkpointing(state, weights)
@@ -127,7 +109,6 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"an epoch of --dataset {args.dataset} has no P x K batch")
     epoch_ends = np.cumsum(epoch_steps)
     total_steps = int(epoch_ends[-1]) if args.max_steps is None else min(int(epoch_ends[-1]), args.max_steps)
-    learning_rates = lr_table(optimizer, args)
 
     checkpointer, resumed = runtime.resume_and_track(accelerator, args, "pass_finetune")
     accelerator.print(
@@ -137,28 +118,22 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     monitor = runtime.RunMonitor(accelerator, args, state, checkpointer, total_steps, LOGGED, "fine-tuning")
-    model.train()  # evaluate_model gives the model its training mode back
+    finetuner.model.train()  # evaluate_model gives the model its training mode back
     step_means = runtime.StepMeans()
     for epoch, batch in monitor.batches(loader, epoch_steps, dataset, sampler):
         step = state.step
-        with accelerator.accumulate(model):
-            out = model(batch["pixel_values"], labels=batch["label"])
-            triplet = batch_hard_triplet_loss(out.features_before_neck, batch["label"], args.triplet_margin)
-            loss = args.ce_weight * out.loss + args.triplet_weight * triplet
-            if not math.isfinite(loss.item()):
-                raise SystemExit(f"loss is {loss.item()} at step {step}; stopping (lower --lr?)")
-            set_hyperparameters(optimizer, learning_rates[epoch])
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step_means.add(loss=loss, cross_entropy=out.loss, triplet=triplet)
-        if not accelerator.sync_gradients:
+        try:
+            outcome = finetuner.step(batch["pixel_values"], batch["label"], epoch)
+        except FloatingPointError as err:
+            raise SystemExit(f"{err} (step {step}); stopping (lower --lr?)") from None
+        step_means.add(loss=outcome.loss, cross_entropy=outcome.cross_entropy, triplet=outcome.triplet)
+        if not outcome.optimizer_stepped:
             continue
-        values = {"epoch": epoch, **step_means.pop(accelerator), "lr": float(learning_rates[epoch, 0])}
+        values = {"epoch": epoch, **step_means.pop(accelerator), "lr": finetuner.group_learning_rates(epoch)[0]}
         end_of_epoch = step + 1 == epoch_ends[epoch]
         if args.eval_every and end_of_epoch and (epoch + 1) % args.eval_every == 0 and step + 1 < total_steps:
-            evaluation = evaluate(model, data, args, accelerator, progress=False, return_per_query=True)
-            values.update(weights.consider(evaluation, step + 1, accelerator.unwrap_model(model), accelerator))
+            evaluation = evaluate(finetuner.model, data, args, accelerator, progress=False, return_per_query=True)
+            values.update(weights.consider(evaluation, step + 1, finetuner.network, accelerator))
         monitor.step_done(values, images=args.global_batch_size)
     monitor.close()
 
@@ -170,8 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": state.step,
         "global_batch": args.global_batch_size,
     }
-    return finish_run(args, accelerator, model, data, weights, results, started=started,
-                      base_model=initial.base_model, describe=lambda results: card_text(args, results))
+    return finish_run(args, accelerator, finetuner.model, data, weights, results, started=started,
+                      base_model=start.base_model, describe=lambda results: card_text(args, results))
 
 
 def card_text(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -22,13 +22,20 @@ def weight_decay_groups(model: nn.Module) -> list[dict]:
     return [{"params": decay, "weight_decay_scale": 1.0}, {"params": no_decay, "weight_decay_scale": 0.0}]
 
 
-def bias_lr_groups(model: nn.Module, bias_lr_factor: float = 2.0) -> list[dict]:
-    """SGD groups of the ReID recipe: tensors whose name holds "bias" at ``bias_lr_factor`` x lr (``"lr_scale"``)."""
+def bias_lr_groups(
+    model: nn.Module, bias_lr_factor: float = 2.0, weight_decay: float = 0.0, weight_decay_bias: float | None = None
+) -> list[dict]:
+    """SGD groups of the original ReID recipe (its ``make_optimizer``): a tensor whose name holds "bias" trains at
+    ``bias_lr_factor`` x lr (``"lr_scale"``) with ``weight_decay_bias`` (default: ``weight_decay``), every other
+    trainable tensor at lr with ``weight_decay``. The original makes one group per tensor with these values; two
+    groups are the same optimiser, stepped with fewer kernels."""
     weights, biases = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (biases if "bias" in name else weights).append(param)  # the original matches "bias" anywhere
-    return [{"params": weights, "lr_scale": 1.0}, {"params": biases, "lr_scale": bias_lr_factor}]
+    bias_decay = weight_decay if weight_decay_bias is None else weight_decay_bias
+    return [{"params": weights, "lr_scale": 1.0, "weight_decay": weight_decay},
+            {"params": biases, "lr_scale": bias_lr_factor, "weight_decay": bias_decay}]
 
 
 def reid_optimizer(
@@ -39,10 +46,12 @@ def reid_optimizer(
     weight_decay: float,
     momentum: float = 0.9,
     bias_lr_factor: float = 1.0,
+    weight_decay_bias: float | None = None,
 ) -> torch.optim.Optimizer:
-    """The optimiser of a ReID script: ``"sgd"`` (the original: momentum, weight decay on every tensor, biases
-    peaking at ``bias_lr_factor`` x lr; each group's ``lr_scale``) or ``"adamw"`` (biases and 1-D tensors without
-    weight decay), for short CPU schedules that start from scratch.
+    """The optimiser of a ReID script: ``"sgd"`` (the original: momentum; tensors whose name holds "bias" at
+    ``bias_lr_factor`` x lr and ``weight_decay_bias``, the others at lr and ``weight_decay``; each group's
+    ``lr_scale``) or ``"adamw"`` (biases and 1-D tensors without weight decay), for short CPU schedules that start
+    from scratch.
 
     Example:
         >>> optimizer = reid_optimizer(nn.Linear(4, 2), "adamw", lr=1e-3, weight_decay=0.05)
@@ -50,8 +59,8 @@ def reid_optimizer(
         [0.05, 0.0]
     """
     if name == "sgd":
-        groups = bias_lr_groups(model, bias_lr_factor)
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        groups = bias_lr_groups(model, bias_lr_factor, weight_decay, weight_decay_bias)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
     if name == "adamw":
         groups = weight_decay_groups(model)
         for group in groups:
@@ -64,8 +73,10 @@ def describe_reid_optimizer(args: argparse.Namespace) -> str:
     """A script's optimiser settings in words, for model cards: ``"SGD momentum 0.9, lr 0.0004 ..."``."""
     if args.optimizer == "sgd":
         factor = getattr(args, "bias_lr_factor", 1.0)
+        bias_decay = getattr(args, "weight_decay_bias", args.weight_decay)
         biases = f" (biases peaking at x{factor})" if factor != 1 else ""
-        return f"SGD momentum {args.momentum}, lr {args.lr}{biases}, weight decay {args.weight_decay}"
+        decay = f", {bias_decay} on biases" if bias_decay != args.weight_decay else ""
+        return f"SGD momentum {args.momentum}, lr {args.lr}{biases}, weight decay {args.weight_decay}{decay}"
     return f"AdamW, lr {args.lr}, weight decay {args.weight_decay} (none on biases and norms)"
 
 
@@ -87,18 +98,19 @@ def set_hyperparameters(
 
 
 @torch.no_grad()
-def clip_gradients_per_tensor(parameters: Iterable[nn.Parameter], max_norm: float) -> torch.Tensor:
-    """Clip each parameter's gradient to its own norm ``max_norm`` (PASS/DINO), not one global norm.
+def clip_gradients_per_tensor(gradients: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Scale each gradient tensor in place to norm ``max_norm`` when it is longer (PASS/DINO), not one global norm.
+
+    ``gradients`` may be views (rows of a parameter's gradient), each clipped by its own norm.
 
     Returns:
-        The norms before clipping (one per parameter with a gradient).
+        The norms before clipping, one per tensor.
     """
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
+    if not gradients:
         return torch.zeros(0)
-    norms = torch.stack(torch._foreach_norm(grads))
+    norms = torch.stack(torch._foreach_norm(list(gradients)))
     scales = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-    torch._foreach_mul_(grads, list(scales.unbind()))
+    torch._foreach_mul_(list(gradients), list(scales.unbind()))
     return norms
 
 

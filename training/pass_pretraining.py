@@ -21,7 +21,8 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from pass_hub.backbone import PRESETS, PassVisionTransformer
+from pass_hub.backbone import PassVisionTransformer, backbone_architecture
+from pass_hub.convert import split_as_original
 
 from .heads import PartAwareHeads
 from .losses import centered_teacher_targets, part_aware_cross_entropy, sinkhorn_knopp_targets, updated_centers
@@ -123,7 +124,7 @@ def new_network(
         dynamic_img_size=True,
         drop_path_rate=drop_path_rate,
         pos_embed_resampling=settings.pos_embed_resampling,
-        **PRESETS[settings.preset],
+        **backbone_architecture(settings.preset),
     )
     if settings.token_init == "original":
         init_tokens_as_original(backbone)
@@ -140,6 +141,28 @@ def new_networks(settings: PretrainSettings) -> tuple[PartAwareDINO, PartAwareDI
     teacher.load_state_dict(student.state_dict())
     teacher.requires_grad_(False)
     return student, teacher
+
+
+def gradients_as_original_tensors(network: PartAwareDINO) -> list[torch.Tensor]:
+    """The network's gradients cut as the original code's tensors, for per-tensor clipping: ``reg_token`` is
+    ``part_token1..3`` and ``pos_embed`` is ``cls_pos``, ``part1_pos..part3_pos`` and the patch table there, so
+    their gradients are clipped row by row (views); every other gradient whole.
+
+    Example:
+        >>> backbone = PassVisionTransformer(img_size=(32, 16), embed_dim=8, depth=1, num_heads=1)
+        >>> network = PartAwareDINO(backbone, PartAwareHeads(8, 4, hidden_dim=4, bottleneck_dim=4))
+        >>> network.backbone.pos_embed.grad = torch.ones_like(network.backbone.pos_embed)
+        >>> [tuple(g.shape) for g in gradients_as_original_tensors(network)]
+        [(1, 1, 8), (1, 1, 8), (1, 1, 8), (1, 1, 8), (1, 2, 8)]
+    """
+    parts = network.backbone.num_parts
+    gradients = []
+    for name, param in network.named_parameters():
+        if param.grad is None:
+            continue
+        backbone_key = name.removeprefix("backbone.")
+        gradients += split_as_original(backbone_key, param.grad, parts) if backbone_key != name else [param.grad]
+    return gradients
 
 
 class CentersState(nn.Module):
@@ -214,10 +237,11 @@ class PassPretrainer:
     :meth:`step` is one iteration of the original's training loop, in its order: the iteration's lr and weight
     decay into the optimizer (weight decay on the first group only: weights, tokens and positions), the teacher
     on the two global views, the loss against the current centers at the epoch's teacher temperature, backward,
-    per-tensor gradient clipping, the prototype layers' gradients set to None (so AdamW skips them) during the
-    first ``freeze_last_layer`` epochs, the AdamW step, the centers' EMA on the raw teacher outputs, and the
-    teacher's EMA over backbone and heads. Under gradient accumulation the optimizer, centers and teacher move
-    once per ``gradient_accumulation_steps`` calls, on every micro-batch's outputs.
+    gradient clipping per tensor of the original's layout (:func:`gradients_as_original_tensors`), the
+    prototype layers' gradients set to None (so AdamW skips them) during the first ``freeze_last_layer`` epochs,
+    the AdamW step, the centers' EMA on the raw teacher outputs, and the teacher's EMA over backbone and heads.
+    Under gradient accumulation the optimizer, centers and teacher move once per ``gradient_accumulation_steps``
+    calls, on every micro-batch's outputs.
 
     A test drives it without a script (``tests/test_pretrain_init.py`` does exactly this)::
 
@@ -323,7 +347,7 @@ class PassPretrainer:
             if accelerator.sync_gradients:
                 if settings.clip_grad:
                     accelerator.unscale_gradients(optimizer)
-                    clip_gradients_per_tensor(self.student.parameters(), settings.clip_grad)
+                    clip_gradients_per_tensor(gradients_as_original_tensors(self.student_network), settings.clip_grad)
                 if epoch < settings.freeze_last_layer:
                     for param in self.student_network.heads.last_layer_parameters():
                         param.grad = None

@@ -34,6 +34,7 @@ from training.data import SeededTransformDataset, dataset_spec
 from training.losses import teacher_collapse_stats
 from training.pass_pretraining import NUM_STRIPES, PassPretrainer
 from training.pretraining_checkpoints import PretrainingStart, load_pretraining_start
+from training.settings import positive_int
 from training.views import PassViews, ViewConfig
 
 MODEL_FOLDER = "pass-vit-pretrained"
@@ -56,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="start from an original checkpoint.pth, a pass-hub pre-training run folder (student, "
                         "teacher, heads and centers), or a backbone (pass_vit_small_full.pth, a pass-hub folder: new "
                         "heads); its architecture replaces the recipe's")
+    inputs.add_argument("--num_heads", type=positive_int, default=None,
+                        help="attention heads of the --init checkpoint, where its width / 64 is not the number")
     inputs.add_argument("--init_optimizer", action="store_true",
                         help="with --init: also take its optimizer state, epoch and fp16 scaler (a true resume)")
     parser.add_argument("--skip_frozen_eval", action="store_true",
@@ -71,7 +74,7 @@ def load_start(args: argparse.Namespace) -> PretrainingStart | None:
     if args.init is None:
         return None
     try:
-        start = load_pretraining_start(args.init)
+        start = load_pretraining_start(args.init, num_heads=args.num_heads)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(str(err) if str(args.init) in str(err) else f"--init {args.init}: {err}") from None
     settings = start.settings_for(args.settings)

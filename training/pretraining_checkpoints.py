@@ -37,8 +37,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pass_hub.backbone import PRESETS
-from pass_hub.convert import check_state_dict, extract_weights, infer_backbone_args, load_checkpoint_file
+from pass_hub.backbone import PRESETS, architecture_name
+from pass_hub.convert import (
+    check_state_dict,
+    extract_weights,
+    infer_backbone_args,
+    load_checkpoint_file,
+    original_backbone_pieces,
+    split_as_original,
+)
 
 from .pass_pretraining import CentersState, PartAwareDINO, new_network
 
@@ -65,10 +72,8 @@ def original_pieces(key: str, num_parts: int, plain: bool) -> list[str]:
         >>> original_pieces("heads.heads.2.last_layer.parametrizations.weight.original1", 3, plain=False)
         ['head.last_layer_pt2.weight_v']
     """
-    if key == "backbone.reg_token":
-        return [f"backbone.part_token{k}" for k in range(1, num_parts + 1)]
-    if key == "backbone.pos_embed":
-        return ["backbone.cls_pos", *(f"backbone.part{k}_pos" for k in range(1, num_parts + 1)), "backbone.pos_embed"]
+    if key.startswith("backbone."):
+        return [f"backbone.{piece}" for piece in original_backbone_pieces(key.removeprefix("backbone."), num_parts)]
     head = re.fullmatch(r"heads\.heads\.(\d+)\.(.*)", key)
     if head is None:
         return [key]
@@ -102,11 +107,8 @@ def to_original_layout(state: Mapping[str, torch.Tensor], network: PartAwareDINO
     out = {}
     for key, tensor in state.items():
         pieces = original_pieces(key, parts, plain)
-        if len(pieces) == 1:
-            out[pieces[0]] = tensor
-            continue
-        widths = [1] * (len(pieces) - 1) + [tensor.shape[1] - (len(pieces) - 1)]
-        out.update(zip(pieces, tensor.split(widths, dim=1), strict=True))
+        views = split_as_original(key.removeprefix("backbone."), tensor, parts) if len(pieces) > 1 else [tensor]
+        out.update(zip(pieces, views, strict=True))
     return out
 
 
@@ -264,15 +266,20 @@ def _strict_backbone(network: PartAwareDINO, state: Mapping[str, torch.Tensor], 
     return backbone
 
 
-def _preset_of(backbone: Mapping[str, torch.Tensor], arch: str | None, source: str) -> tuple[str, tuple[int, int]]:
-    args = infer_backbone_args(backbone)
-    for name, preset in PRESETS.items():
-        if preset["embed_dim"] == args["embed_dim"] and preset["depth"] == args["depth"]:
-            if arch and f"pass_{arch}" in PRESETS and f"pass_{arch}" != name:
-                raise ValueError(f"{source}: its args say arch {arch!r} but its tensors are {name}")
-            return name, tuple(args["img_size"])
-    raise ValueError(f"{source}: a backbone of width {args['embed_dim']} and depth {args['depth']} is none of the "
-                     f"presets {sorted(PRESETS)}")
+def _preset_of(
+    backbone: Mapping[str, torch.Tensor], arch: str | None, source: str, num_heads: int | None
+) -> tuple[str, tuple[int, int]]:
+    """The ``preset`` setting of a backbone (a preset name, or its shape written out) and its trained input size;
+    an original ``args.arch`` that names another preset is refused."""
+    named = f"pass_{arch}" if arch and f"pass_{arch}" in PRESETS else None
+    heads = num_heads
+    if heads is None and named and PRESETS[named]["embed_dim"] == backbone["cls_token"].shape[-1]:
+        heads = PRESETS[named]["num_heads"]
+    args = infer_backbone_args(backbone, num_heads=heads, source=source)
+    name = architecture_name(args["embed_dim"], args["depth"], args["num_heads"])
+    if named and named != name:
+        raise ValueError(f"{source}: its args say arch {arch!r} but its tensors are {name}")
+    return name, tuple(args["img_size"])
 
 
 def _head_architecture(state: Mapping[str, torch.Tensor], source: str) -> dict[str, Any]:
@@ -309,7 +316,9 @@ def _strip_module(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _from_original_checkpoint(checkpoint: Mapping[str, Any], source: str) -> PretrainingStart:
+def _from_original_checkpoint(
+    checkpoint: Mapping[str, Any], source: str, num_heads: int | None = None
+) -> PretrainingStart:
     for key in ("student", "teacher"):
         if not isinstance(checkpoint.get(key), Mapping):
             raise ValueError(f"{source}: a pre-training checkpoint needs a '{key}' state dict")
@@ -318,7 +327,7 @@ def _from_original_checkpoint(checkpoint: Mapping[str, Any], source: str) -> Pre
     backbone = _backbone_shapes({k.removeprefix("backbone."): v for k, v in teacher.items()
                                  if k.startswith("backbone.")}, source)
     arch = getattr(checkpoint.get("args"), "arch", None)
-    preset, trained_size = _preset_of(backbone, arch, source)
+    preset, trained_size = _preset_of(backbone, arch, source, num_heads)
     heads = _head_architecture(_heads_to_pass_hub(teacher), source)
     architecture = {"preset": preset, **heads, "trained_size": trained_size}
     probe = new_network(_probe_settings(architecture), 0.0, trained_size=trained_size)
@@ -368,7 +377,7 @@ def latest_run_checkpoint(folder: Path) -> Path:
     return steps[-1]
 
 
-def _from_pass_hub_run(folder: Path, source: str) -> PretrainingStart:
+def _from_pass_hub_run(folder: Path, source: str, num_heads: int | None = None) -> PretrainingStart:
     from safetensors.torch import load_file
 
     checkpoint = latest_run_checkpoint(folder)
@@ -383,7 +392,7 @@ def _from_pass_hub_run(folder: Path, source: str) -> PretrainingStart:
         raise ValueError(f"{checkpoint}: not a pass-hub pre-training checkpoint (no {', '.join(missing)})")
     teacher = parts["teacher"]
     backbone = {k.removeprefix("backbone."): v for k, v in teacher.items() if k.startswith("backbone.")}
-    preset, trained_size = _preset_of(backbone, None, source)
+    preset, trained_size = _preset_of(backbone, None, source, num_heads)
     architecture = {"preset": preset, **_head_architecture(teacher, source), "trained_size": trained_size}
     optimizer = None
     if (checkpoint / "optimizer.bin").is_file():
@@ -400,25 +409,29 @@ def _from_pass_hub_run(folder: Path, source: str) -> PretrainingStart:
                             parts["centers"]["centers"], optimizer=optimizer, epoch=epoch)
 
 
-def _from_backbone(path: str, source: str) -> PretrainingStart:
+def _from_backbone(path: str, source: str, num_heads: int | None = None) -> PretrainingStart:
     weights = extract_weights(load_checkpoint_file(path), source=source)
-    preset, trained_size = _preset_of(weights.backbone, None, source)
+    preset, trained_size = _preset_of(weights.backbone, None, source, num_heads)
     state = {f"backbone.{k}": v for k, v in weights.backbone.items()}
     return PretrainingStart(source, "backbone", {"preset": preset, "trained_size": trained_size}, state, state)
 
 
-def load_pretraining_start(spec: str) -> PretrainingStart:
-    """Read what ``--init spec`` names (module docstring); ``FileNotFoundError`` / ``ValueError`` name the problem."""
+def load_pretraining_start(spec: str, num_heads: int | None = None) -> PretrainingStart:
+    """Read what ``--init spec`` names (module docstring); ``FileNotFoundError`` / ``ValueError`` name the problem.
+
+    The backbone may have any width and depth; ``num_heads`` gives its attention heads where width / 64 is not
+    the number (the checkpoint does not say).
+    """
     path = Path(spec)
     if not path.exists():
         raise FileNotFoundError(f"--init {spec}: no such file or folder")
     if path.is_dir() and ((path / "checkpoints").is_dir() or any(path.glob("custom_checkpoint_*.pkl"))):
-        return _from_pass_hub_run(path, spec)
+        return _from_pass_hub_run(path, spec, num_heads)
     if path.is_file() and path.suffix != ".safetensors":
         checkpoint = load_checkpoint_file(path)
         if {"student", "teacher", "dino_loss"} & set(checkpoint):
-            return _from_original_checkpoint(checkpoint, spec)
-    return _from_backbone(spec, spec)
+            return _from_original_checkpoint(checkpoint, spec, num_heads)
+    return _from_backbone(spec, spec, num_heads)
 
 
 def original_checkpoint(

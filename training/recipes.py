@@ -29,7 +29,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pass_hub.backbone import PRESETS
+from pass_hub.backbone import PRESETS, backbone_architecture
 
 from .settings import add_settings_flags, given_settings, setting, setting_names, settings_as_json
 
@@ -41,11 +41,21 @@ FUSIONS = ("cat", "mean")
 REID_FEATURES = ("before_neck", "after_neck")
 RESIZES = ("bilinear", "bicubic")
 PUBLISHED = ("final", "best_test_evaluation")
+FROM_INIT = "from_init"
 
 
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
+
+
+def _check_preset(preset: str, from_init: bool) -> None:
+    if from_init and preset == FROM_INIT:
+        return
+    try:
+        backbone_architecture(preset)
+    except ValueError as err:
+        raise ValueError(f"--preset {preset}: {err}" + (f", or {FROM_INIT}" if from_init else "")) from None
 
 
 def _check_size(size: tuple[int, int], flag: str) -> None:
@@ -70,7 +80,8 @@ class PretrainSettings:
     colour_jitter: float = setting("strength of the (0.4, 0.4, 0.2, 0.1) colour jitter; 1 is the original's, 0 off",
                                    group="data")
     grayscale: float = setting("probability of a grayscale view", group="data")
-    preset: str = setting("backbone", group="model", choices=tuple(sorted(PRESETS)))
+    preset: str = setting(f"backbone: {' / '.join(sorted(PRESETS))} or embed_dim=D,depth=L,num_heads=H",
+                          group="model")
     part_tokens: bool = setting("[PART] tokens in every view (PASS); --no_part_tokens is plain DINO, the ablation",
                                 group="model")
     out_dim: int = setting("prototypes per head", group="model")
@@ -108,6 +119,7 @@ class PretrainSettings:
     seed: int = setting("seed of weights, views and data order", group="optimisation")
 
     def __post_init__(self) -> None:
+        _check_preset(self.preset, from_init=False)
         _check_size(self.image_size, "image_size")
         _check_size(self.local_image_size, "local_image_size")
         for name in ("epochs", "global_batch_size", "local_crops_per_stripe", "out_dim", "head_hidden_dim",
@@ -157,8 +169,8 @@ class FinetuneSettings:
                            group="data")
     image_size: tuple[int, int] = setting("training and test input", group="data", metavar=("H", "W"))
     num_instances: int = setting("K images per identity in a P x K batch", group="data")
-    preset: str = setting("backbone the recipe fine-tunes; --init must hold it (from_init: whatever --init holds)",
-                          group="model", choices=(*sorted(PRESETS), "from_init"))
+    preset: str = setting(f"backbone the recipe fine-tunes, {' / '.join(sorted(PRESETS))} or embed_dim=D,depth=L,"
+                          "num_heads=H; --init must hold it (from_init: whatever --init holds)", group="model")
     drop_path_rate: float = setting("stochastic depth", group="model")
     neck: str = _shared("neck")
     feature_fusion: str = _shared("feature_fusion")
@@ -169,8 +181,10 @@ class FinetuneSettings:
     optimizer: str = setting("sgd (the original) or adamw (learns far faster in short CPU runs from scratch)",
                              group="optimisation", choices=REID_OPTIMIZERS)
     lr: float = setting("base learning rate b (not rescaled with the batch)", group="optimisation")
-    weight_decay: float = setting("weight decay (biases too with sgd; none on biases and norms with adamw)",
-                                  group="optimisation")
+    weight_decay: float = setting("weight decay (with sgd of every tensor whose name holds no 'bias'; with adamw "
+                                  "of weights, none on biases and norms)", group="optimisation")
+    weight_decay_bias: float = setting("sgd: weight decay of the tensors whose name holds 'bias' (the original's "
+                                       "WEIGHT_DECAY_BIAS)", group="optimisation")
     momentum: float = setting("SGD momentum", group="optimisation")
     bias_lr_factor: float = setting("sgd: biases peak at this x b (their start and floor are not scaled)",
                                     group="optimisation")
@@ -193,6 +207,7 @@ class FinetuneSettings:
     publish: str = _shared("publish")
 
     def __post_init__(self) -> None:
+        _check_preset(self.preset, from_init=True)
         _check_size(self.image_size, "image_size")
         _check(self.num_instances >= 2, f"--num_instances must be >= 2 (a triplet needs a positive), got "
                f"{self.num_instances}")
@@ -202,8 +217,9 @@ class FinetuneSettings:
         # A warm-up longer than the run is allowed: the per-epoch schedule is then all warm-up.
         _check(self.epochs >= 1 and self.warmup_epochs >= 0,
                f"need --epochs >= 1 and --warmup_epochs >= 0, got {self.epochs} / {self.warmup_epochs}")
-        _check(self.optimizer == "sgd" or self.bias_lr_factor == 1,
-               f"--bias_lr_factor {self.bias_lr_factor} applies to sgd only; use 1 with --optimizer adamw")
+        for name, neutral in (("bias_lr_factor", 1), ("weight_decay_bias", 0)):
+            _check(self.optimizer == "sgd" or getattr(self, name) == neutral,
+                   f"--{name} {getattr(self, name)} applies to sgd only; use {neutral} with --optimizer adamw")
         _check(self.lr > 0 and self.eval_every >= 0, "--lr must be > 0 and --eval_every >= 0")
 
 
@@ -224,8 +240,8 @@ class ClusterContrastSettings:
         "cluster_contrast: area 2-40%, uniform aspect 0.3-3.33, filled with (0.485, 0.456, 0.406) (the original); "
         "transreid: area 2-33%, log-uniform aspect, per-pixel noise (finetune.py's)", group="data",
         choices=("cluster_contrast", "transreid"))
-    preset: str = setting("backbone the recipe trains; --init must hold it (from_init: whatever --init holds)",
-                          group="model", choices=(*sorted(PRESETS), "from_init"))
+    preset: str = setting(f"backbone the recipe trains, {' / '.join(sorted(PRESETS))} or embed_dim=D,depth=L,"
+                          "num_heads=H; --init must hold it (from_init: whatever --init holds)", group="model")
     drop_path_rate: float = setting("stochastic depth", group="model")
     neck: str = _shared("neck")
     feature_fusion: str = _shared("feature_fusion")
@@ -263,6 +279,7 @@ class ClusterContrastSettings:
     publish: str = _shared("publish")
 
     def __post_init__(self) -> None:
+        _check_preset(self.preset, from_init=True)
         _check_size(self.image_size, "image_size")
         _check(self.global_batch_size >= 1 and self.global_batch_size % self.num_instances == 0,
                f"--global_batch_size {self.global_batch_size} is not a multiple of --num_instances "
@@ -328,7 +345,8 @@ LUPERSON = "LUPerson (unlabelled crops, --data image_folder --data_dir DIR)"
 _MARKET_VIT_S_256 = FinetuneSettings(
     dataset="market1501", image_size=(256, 128), num_instances=4, preset="pass_vit_small", drop_path_rate=0.1,
     neck="per_token", feature_fusion="cat", normalize_neck_outputs=False, reid_feature="before_neck",
-    epochs=120, global_batch_size=64, optimizer="sgd", lr=4e-4, weight_decay=1e-4, momentum=0.9, bias_lr_factor=2.0,
+    epochs=120, global_batch_size=64, optimizer="sgd", lr=4e-4, weight_decay=1e-4, weight_decay_bias=1e-4,
+    momentum=0.9, bias_lr_factor=2.0,
     warmup_epochs=20, warmup_start_factor=0.01, final_lr_factor=0.002, label_smoothing=0.0, triplet_margin=None,
     triplet_weight=1.0, ce_weight=1.0, mixed_precision="fp16", seed=42, cudnn_benchmark=True,
     cudnn_deterministic=True, eval_every=120, flip_test=False, test_resize="bilinear", publish="final",
@@ -338,7 +356,8 @@ _MARKET_VIT_S_256 = FinetuneSettings(
 # warm-up epoch, 7.2% without; 13 epochs = 208 steps without: 10.0%).
 _FINETUNE_CPU = dataclasses.replace(
     _MARKET_VIT_S_256, dataset="synthetic", image_size=(128, 64), preset="pass_vit_tiny", epochs=13,
-    optimizer="adamw", lr=1e-3, weight_decay=0.05, bias_lr_factor=1.0, warmup_epochs=0, mixed_precision="no", seed=0,
+    optimizer="adamw", lr=1e-3, weight_decay=0.05, weight_decay_bias=0.0, bias_lr_factor=1.0, warmup_epochs=0,
+    mixed_precision="no", seed=0,
     cudnn_benchmark=False, cudnn_deterministic=False, eval_every=5,
 )
 

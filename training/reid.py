@@ -1,13 +1,10 @@
-"""What the ReID training scripts share (``finetune.py``, ``usl.py``): the initial backbone, the ``PassViTForReID``
-model, evaluation on query / gallery, the weights to publish, and the published hub folder with its card.
+"""What the ReID training scripts share (``finetune.py``, ``usl.py``): ``--init`` and the ``PassViTForReID`` model on
+it, evaluation on query / gallery, the weights to publish, and the published hub folder with its card.
 
 Example:
-    >>> from training.recipes import RECIPES
-    >>> settings = RECIPES["finetune"]["cpu_demo"].settings
-    >>> initial = load_initial_backbone("pass_vit_tiny")  # a preset: random init
-    >>> model = build_model(initial, settings, num_labels=10)
-    >>> initial.fine_tuned, model.config.num_labels, model.config.image_size
-    (False, 10, (128, 64))
+    >>> publishing = PublishedWeights(Path("outputs/finetune/published"), "best_test_evaluation")
+    >>> publishing.describe()[:60]
+    'The published weights are the best of 0 evaluations on the t'
 """
 
 from __future__ import annotations
@@ -15,7 +12,6 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,69 +20,48 @@ from accelerate.utils import broadcast
 
 import pass_hub
 from pass_hub.atomic import write_json_atomic
-from pass_hub.backbone import PRESETS
 from pass_hub.calibration import Calibration, draw_calibration
 from pass_hub.evaluation import evaluate_model, save_rank_lists
 from pass_hub.model_card import deployment_section, reid_card_data, render_model_card, results_table
-from pass_hub.timm_models import checkpoint_filter_fn
 from training import runtime
 from training.data import dataset_spec
-from training.transforms import REID_MEAN, REID_STD
+from training.reid_start import ReidStart, load_finetuning_start
+from training.settings import positive_int
 
 MODEL_FOLDER = "pass-vit-reid"
 
 
-@dataclass(frozen=True)
-class InitialBackbone:
-    """What ``--init`` names, resolved.
-
-    Attributes:
-        weights: Backbone state dict (timm names), or None for a preset (random init).
-        arch: ``embed_dim``, ``depth``, ``num_heads``.
-        base_model: Hub id of the checkpoint (for the card's ``base_model``), None for local files and presets.
-        fine_tuned: The checkpoint is a ReID model (it has BatchNorm necks / a classifier): a UDA source model.
-    """
-
-    weights: dict[str, torch.Tensor] | None
-    arch: dict[str, int]
-    base_model: str | None = None
-    fine_tuned: bool = False
+def add_init_arguments(group: argparse._ArgumentGroup, help: str) -> None:
+    """``--init`` (what the run starts from, ``help`` says which forms) and ``--num_heads`` (its attention heads,
+    for a checkpoint whose width 64 does not divide)."""
+    group.add_argument("--init", default=None, help=help)
+    group.add_argument("--num_heads", type=positive_int, default=None,
+                       help="attention heads of the --init checkpoint, where its width / 64 is not the number")
 
 
-def load_initial_backbone(init: str, needs: str = "") -> InitialBackbone:
-    """Resolve ``--init``: a preset name, an original PASS checkpoint file, a pass-hub folder (``PassViTModel``
-    or ``PassViTForReID``: the backbone is taken) or a cached hub id. ``needs`` says, in words, what the run
-    needs; it ends the message when ``--init`` names a file that does not exist.
-
-    Example:
-        >>> load_initial_backbone("tiny").arch
-        {'embed_dim': 192, 'depth': 12, 'num_heads': 3}
-    """
-    if init in PRESETS or f"pass_vit_{init}" in PRESETS:
-        preset = init if init in PRESETS else f"pass_vit_{init}"
-        return InitialBackbone(None, dict(PRESETS[preset]))
-    path = Path(init)
-    if not path.exists() and path.suffix in (".pth", ".pt", ".bin", ".tar", ".safetensors"):
-        raise SystemExit(f"--init {init}: no such file" + (f"; this recipe needs {needs}" if needs else ""))
-    if path.is_file() or (path.is_dir() and not (path / "config.json").is_file()):
-        extracted = pass_hub.extract_weights(pass_hub.load_checkpoint_file(path), source=str(path))
-        args = pass_hub.convert.infer_backbone_args(extracted.backbone)
-        arch = {k: args[k] for k in ("embed_dim", "depth", "num_heads")}
-        return InitialBackbone(extracted.backbone, arch, fine_tuned=bool(extracted.reid_head))
+def load_start(args: argparse.Namespace, num_labels: int, accelerator) -> tuple[ReidStart, pass_hub.PassViTForReID]:
+    """What ``--init`` names and the run's model on it (:class:`training.reid_start.ReidStart`). The source's
+    architecture, and for a ReID model with the run's ``num_labels`` identities its head layout, become the run's
+    settings (reported as overridden by ``--init``); a source that is not the recipe's backbone, a missing file or
+    weights that do not fit end the run in one line naming ``--init``."""
+    needs = args.resolved.recipe.needs
     try:
-        backbone = pass_hub.PassViTModel.from_pretrained(init)  # from a PassViTForReID folder: its backbone
-    except (OSError, ValueError) as err:
-        raise SystemExit(
-            f"--init {init}: not a preset, checkpoint file, pass-hub folder or cached hub id ({err})"
-        ) from None
-    config = backbone.config
-    arch = dict(embed_dim=config.hidden_size, depth=config.num_hidden_layers, num_heads=config.num_attention_heads)
-    return InitialBackbone(
-        backbone.vit.state_dict(),
-        arch,
-        base_model=None if path.exists() else init,
-        fine_tuned="PassViTForReID" in (config.architectures or ()),
-    )
+        start = load_finetuning_start(args.init, num_heads=args.num_heads)
+        start.check_preset(args.settings, args.recipe)
+        settings = start.settings_for(args.settings, num_labels)
+        args.resolved = args.resolved.with_settings(settings, "--init")
+        args.settings = settings
+        for name, value in vars(settings).items():
+            setattr(args, name, value)
+        model = start.model(settings, num_labels)
+    except FileNotFoundError:
+        needed = f"; this recipe needs {needs}" if needs else ""
+        raise SystemExit(f"--init {args.init}: no such file{needed}") from None
+    except ValueError as err:
+        named = str(err).startswith(str(args.init))  # the message names the path already
+        raise SystemExit(f"--init {err}" if named else f"--init {args.init}: {err}") from None
+    accelerator.print(start.kept(settings, num_labels))
+    return start, model
 
 
 def load_data_spec(args: argparse.Namespace):
@@ -98,56 +73,6 @@ def load_data_spec(args: argparse.Namespace):
         return load_dataset_spec(args.dataset)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"--dataset {args.dataset}: {err}") from None
-
-
-def check_architecture(initial: InitialBackbone, init: str, settings: Any, recipe: str) -> None:
-    """End the run when ``--init`` is not the backbone the settings' ``preset`` names (a ViT-B for a ViT-S recipe);
-    ``preset="from_init"`` takes whatever ``--init`` holds."""
-    if settings.preset == "from_init":
-        return
-    expected = PRESETS[settings.preset]
-    if initial.arch != {key: expected[key] for key in initial.arch}:
-        found = next((name for name, arch in PRESETS.items() if initial.arch == {k: arch[k] for k in initial.arch}),
-                     f"a ViT of width {initial.arch['embed_dim']}, depth {initial.arch['depth']}")
-        raise SystemExit(
-            f"--init {init} is {found}, but --recipe {recipe} trains {settings.preset}; pick the recipe for that "
-            f"backbone or pass --preset {found if found in PRESETS else '...'} to override"
-        )
-
-
-def build_model(initial: InitialBackbone, settings: Any, num_labels: int) -> pass_hub.PassViTForReID:
-    """A ``PassViTForReID`` (ReID mean/std 0.5) on the initial backbone; necks and classifier start fresh.
-
-    ``settings`` (a fine-tuning or cluster-contrast settings object) gives the input size, drop path, the neck
-    variant, the fusion, the test-time feature and resize. ``num_labels=0`` gives a model without an identity
-    classifier (cluster-contrast learns none). A size the model cannot take or weights that do not fit it end
-    the run with a message.
-    """
-    try:
-        config = pass_hub.PassViTConfig(
-            hidden_size=initial.arch["embed_dim"],
-            num_hidden_layers=initial.arch["depth"],
-            num_attention_heads=initial.arch["num_heads"],
-            image_size=tuple(settings.image_size),
-            image_mean=REID_MEAN,
-            image_std=REID_STD,
-            image_interpolation=settings.test_resize,
-            drop_path_rate=settings.drop_path_rate,
-            neck=settings.neck,
-            feature_fusion=settings.feature_fusion,
-            normalize_neck_outputs=settings.normalize_neck_outputs,
-            reid_feature=settings.reid_feature,
-            label_smoothing=getattr(settings, "label_smoothing", 0.0),
-            num_labels=num_labels,
-        )
-        model = pass_hub.PassViTForReID(config)
-        if initial.weights is not None:
-            backbone = model.pass_vit.vit
-            # Resamples the position table when the init was trained at another size (e.g. 256x128 -> 384x128).
-            backbone.load_state_dict(checkpoint_filter_fn(initial.weights, backbone))
-    except ValueError as err:
-        raise SystemExit(f"cannot build the model: {err}") from None
-    return model
 
 
 def sync_buffers(accelerator, model: torch.nn.Module) -> None:

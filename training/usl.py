@@ -42,13 +42,12 @@ from training.optim import describe_reid_optimizer, reid_optimizer, set_hyperpar
 from training.reid import (
     PublishedWeights,
     add_evaluation_arguments,
-    build_model,
-    check_architecture,
+    add_init_arguments,
     dataset_name,
     evaluate,
     finish_run,
     load_data_spec,
-    load_initial_backbone,
+    load_start,
     sync_buffers,
 )
 from training.samplers import CameraAwareSampler, PKBatchSampler
@@ -66,9 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("--data_dir", default=None, help="dataset root for a loader name (same as --dataset NAME:DIR)")
     inputs.add_argument("--split", default="train", help="the split trained on; its identity labels are never used")
-    inputs.add_argument("--init", default=None,
-                        help="pass-hub folder / hub id (a PassViTForReID folder from finetune.py for UDA), original "
-                             "PASS checkpoint, or a preset name (random init); default: the recipe's")
+    add_init_arguments(inputs, "pass-hub folder / hub id (a PassViTForReID folder from finetune.py for UDA), original "
+                       "PASS checkpoint, or a preset name (random init); default: the recipe's")
     add_evaluation_arguments(parser)
     args = recipes.parse_script_args(parser, "usl", argv, inputs=("init", "data_dir", "split"))
     if args.init is None:
@@ -189,11 +187,9 @@ def main(argv: list[str] | None = None) -> dict:
     with accelerator.main_process_first():
         data, train = load_data(args)
     runtime.per_process_batch(args, accelerator)  # refuses a batch that does not split over the processes
-    initial = load_initial_backbone(args.init, args.resolved.recipe.needs)
-    check_architecture(initial, args.init, args.settings, args.recipe)
-    source = args.source_dataset or (read_source_dataset(args.init) if initial.fine_tuned else None)
-    setting = "UDA" if initial.fine_tuned or args.source_dataset else "USL"
-    model = build_model(initial, args.settings, num_labels=0)
+    start, model = load_start(args, 0, accelerator)  # cluster-contrast learns no identity classifier
+    source = args.source_dataset or (read_source_dataset(args.init) if start.fine_tuned else None)
+    setting = "UDA" if start.fine_tuned or args.source_dataset else "USL"
     # Parameters without a gradient would stall DDP: the necks are only used for after_neck.
     if args.reid_feature == "before_neck":
         for neck in model.neck_modules():
@@ -274,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
         "global_batch": global_batch,
     }
     return finish_run(args, accelerator, model, data, weights, results, started=started,
-                      base_model=initial.base_model,
+                      base_model=start.base_model,
                       describe=lambda results: card_text(args, results, setting, source),
                       checked=[*accelerator.unwrap_model(model).buffers(), *memory.buffers()])
 
