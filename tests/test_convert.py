@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -140,6 +142,23 @@ def test_unsafe_pickle_is_refused(tmp_path, reference):
     src = _save({"model": reference.state_dict(), "extra": _Payload()}, tmp_path / "evil.pth")
     with pytest.raises(ValueError, match=r"evil\.pth: refusing to unpickle.*_Payload"):
         load_checkpoint_file(src)
+
+
+def test_numpy_scalars_of_an_original_checkpoint_load(tmp_path, reference):
+    # The original's optimizer holds each step's lr as a numpy float64; files written under numpy 1 name its
+    # constructor numpy.core.multiarray.scalar, numpy 2's numpy._core.multiarray.scalar.
+    state = {"model": reference.state_dict(), "optimizer": {"param_groups": [{"lr": np.float64(0.002)}]}}
+    src = _save(state, tmp_path / "numpy2.pth")
+    with zipfile.ZipFile(src) as archive, zipfile.ZipFile(tmp_path / "numpy1.pth", "w") as renamed:
+        for item in archive.infolist():
+            data = archive.read(item.filename)
+            if item.filename.endswith("data.pkl"):
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            renamed.writestr(item, data)
+    assert "numpy.core.multiarray.scalar" in torch.serialization.get_unsafe_globals_in_checkpoint(
+        tmp_path / "numpy1.pth")
+    for name in ("numpy2.pth", "numpy1.pth"):
+        assert load_checkpoint_file(tmp_path / name)["optimizer"]["param_groups"][0]["lr"] == 0.002
 
 
 def test_missing_and_misshaped_keys_are_named(tmp_path, reference):

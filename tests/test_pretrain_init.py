@@ -73,7 +73,8 @@ def original_run(tmp_path_factory):
     def step(iteration: int) -> float:
         nonlocal centers
         loss, centers = reference_pretraining_step(
-            student, teacher, centers, optimizer, *views(iteration), lr=float(schedules.lr[iteration]),
+            # numpy scalars, as the original writes them into its optimizer (and so into checkpoint.pth)
+            student, teacher, centers, optimizer, *views(iteration), lr=schedules.lr[iteration],
             weight_decay=float(schedules.weight_decay[iteration]), momentum=float(schedules.momentum[iteration]),
             teacher_temp=float(schedules.teacher_temp[iteration // STEPS_PER_EPOCH]),
             epoch=iteration // STEPS_PER_EPOCH, clip_grad=CLIP,
