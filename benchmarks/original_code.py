@@ -3,8 +3,8 @@ pass-hub, for ``parity_with_original.py`` and ``bench_original_steps.py``. Nothi
 
 The checkout was written for torch 1.8 on CUDA. What it needs to run here, all scoped to this process:
 
-* ``torch._six`` (removed in torch 2.0), which ``PASS_transreid`` imports ``container_abcs`` from: a stand-in
-  module holding ``collections.abc``;
+* ``torch._six`` (removed in torch 2.0), which ``PASS_transreid`` and the cluster-contrast model import
+  ``container_abcs`` from: a stand-in module holding ``collections.abc``;
 * its steps hard-code CUDA (``do_train``: ``img.to("cuda")``, ``torch.cuda.synchronize()``; ``train_one_epoch``:
   ``.cuda()``): while an original step runs (:func:`as_on_one_gpu`), tensors asked onto CUDA stay on the CPU and
   synchronising does nothing; its ``torch.cuda.amp`` autocast and grad scaler disable themselves without a GPU, so
@@ -13,7 +13,11 @@ The checkout was written for torch 1.8 on CUDA. What it needs to run here, all s
   is the stand-in (:func:`as_on_one_gpu`);
 * the student is called as ``student.module``: a plain wrapper stands in for DDP, which over one process changes
   no gradient;
-* its own dependency ``yacs`` (the fine-tuning config): ``pip install yacs``.
+* its own dependencies ``yacs`` (the fine-tuning config: ``pip install yacs``) and ``faiss`` (the clustering's
+  neighbour search: ``pip install faiss-cpu``);
+* ``compute_jaccard_distance`` (cluster-contrast) always builds its faiss index on the GPUs
+  (``search_option = 2``): while :func:`faiss_on_cpu` is active it gets the original's own CPU index
+  (``index_init_cpu``, the ``IndexFlatL2`` of its CPU branch) instead.
 
 Its folders hold top-level modules named ``utils``, ``model``, ``config``, ``datasets`` ...; each part is imported
 with its folder first on ``sys.path`` and its modules taken out of ``sys.modules`` afterwards, so that they clash
@@ -37,8 +41,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-PARTS = ("PASS", "PASS_transreid")
-SIGNATURE = {"PASS": "main_pass.py", "PASS_transreid": "processor/processor.py"}
+PARTS = ("PASS", "PASS_transreid", "PASS_cluster_contrast_reid")
+SIGNATURE = {"PASS": "main_pass.py", "PASS_transreid": "processor/processor.py",
+             "PASS_cluster_contrast_reid": "clustercontrast/trainers.py"}
 
 
 def _is_cuda(device: Any) -> bool:
@@ -72,6 +77,17 @@ def as_on_one_gpu() -> Iterator[None]:
             yield
     finally:
         torch.Tensor.to, torch.Tensor.cuda, torch.cuda.synchronize, dist.all_reduce, dist.get_world_size = saved
+
+
+@contextlib.contextmanager
+def faiss_on_cpu(faiss_rerank: types.ModuleType) -> Iterator[None]:
+    """While active, the original's ``compute_jaccard_distance`` searches with its CPU index (module docstring)."""
+    saved = faiss_rerank.index_init_gpu
+    faiss_rerank.index_init_gpu = lambda ngpus, feat_dim: faiss_rerank.index_init_cpu(feat_dim)
+    try:
+        yield
+    finally:
+        faiss_rerank.index_init_gpu = saved
 
 
 class Wrapped(nn.Module):
@@ -133,6 +149,19 @@ class OriginalCheckout:
             raise SystemExit("the original fine-tuning code reads its settings with yacs: pip install yacs") from None
         return self._import("PASS_transreid", ("config", "model.make_model", "model.backbones.vit_pytorch", "loss",
                                                "loss.triplet_loss", "solver", "solver.scheduler_factory", "processor"))
+
+    @functools.cached_property
+    def cluster_contrast(self) -> types.SimpleNamespace:
+        """``vision_transformer`` (the USL / UDA model), ``cm`` (``ClusterMemory``), ``trainers``, ``evaluators``
+        and ``faiss_rerank`` of ``PASS_cluster_contrast_reid/clustercontrast`` (attributes without the package)."""
+        try:
+            import faiss  # noqa: F401
+        except ImportError:
+            raise SystemExit("the original clustering searches neighbours with faiss: pip install faiss-cpu") from None
+        names = ("models.vision_transformer", "models.cm", "trainers", "evaluators", "utils.faiss_rerank")
+        modules = self._import("PASS_cluster_contrast_reid", tuple(f"clustercontrast.{name}" for name in names))
+        return types.SimpleNamespace(**{name.split(".")[-1]: getattr(modules, f"clustercontrast_{name}".replace(
+            ".", "_")) for name in names})
 
     def finetuning_config(self, yml: str, *overrides: Any) -> Any:
         """The original's config: its defaults, then ``configs/<yml>``, then ``overrides`` (key, value, ...)."""

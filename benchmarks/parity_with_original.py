@@ -31,14 +31,21 @@ far the original's step moved it.
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import dataclasses
+import functools
+import io
 import shlex
 import sys
 import tempfile
+import types
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -48,15 +55,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from original_code import OriginalCheckout, Wrapped, as_on_one_gpu  # noqa: E402
+from original_code import OriginalCheckout, Wrapped, as_on_one_gpu, faiss_on_cpu  # noqa: E402
 
 from pass_hub.convert import original_reid_pieces  # noqa: E402
+from pass_hub.reranking import jaccard_distance  # noqa: E402
 from training import (  # noqa: E402
+    ClusterContrastTrainer,
     PassPretrainer,
     ReidFinetuner,
     centers_to_original,
     load_finetuning_start,
     load_pretraining_start,
+    load_usl_start,
     to_original_layout,
 )
 from training.recipes import RECIPES  # noqa: E402
@@ -72,6 +82,11 @@ CLIP_GRAD = 0.01
 # Fine-tuning: the last warm-up epoch and the first cosine epoch (both at about the peak lr).
 FINETUNING_EPOCHS = (19, 20)
 FINETUNING_CONFIG = "market/vit_small.yml"
+# Cluster-contrast: the last epoch at the full lr and the first after StepLR's decay; clustering sized for a few dozen
+# images (the released k1 30 needs more images than that), DBSCAN's min_samples 4 as the original hard-codes it.
+USL_EPOCHS = (19, 20)
+USL_CLUSTERING = {"eps": 0.5, "min_samples": 4, "k1": 6, "k2": 2}
+USL_PEOPLE, USL_COPIES, USL_BATCH = 8, 4, 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,6 +316,19 @@ class LoaderOf(list):
     batch_size = 0
 
 
+@torch.no_grad()
+def randomize_original_reid_model(model: nn.Module) -> None:
+    """Give an original ReID model's necks non-trivial statistics and its tokens and positions random values (the
+    original starts some at zero), so that a swapped [PART] token or neck would show."""
+    for key, tensor in model.state_dict().items():
+        if key.startswith("bottleneck") and key.endswith(("weight", "running_var")):
+            tensor.uniform_(0.5, 1.5)
+        elif key.startswith("bottleneck") and key.endswith("running_mean"):
+            tensor.normal_(0, 0.3)
+        elif not key.startswith("bottleneck") and ("pos" in key or "token" in key):
+            tensor.normal_(0, 0.02)
+
+
 class FinetuningPair:
     """The original fine-tuning (config of ``configs/market/vit_small.yml`` at ``size``; ``make_model``,
     ``make_loss``, ``make_optimizer``, ``create_scheduler``) and pass-hub's ``ReidFinetuner`` loaded from the
@@ -330,14 +358,7 @@ class FinetuningPair:
         self.scheduler = code.solver_scheduler_factory.create_scheduler(self.cfg, self.optimizer)
         self.triplet = code.loss_triplet_loss.TripletLoss()  # the soft-margin loss NO_MARGIN selects
         self.terms: list[tuple[float, float, float]] = []
-        with torch.no_grad():
-            for key, tensor in self.model.state_dict().items():
-                if key.startswith("bottleneck") and key.endswith(("weight", "running_var")):
-                    tensor.uniform_(0.5, 1.5)
-                elif key.startswith("bottleneck") and key.endswith("running_mean"):
-                    tensor.normal_(0, 0.3)
-                elif key.startswith("base.") and ("pos" in key or "token" in key):
-                    tensor.normal_(0, 0.02)
+        randomize_original_reid_model(self.model)
         path = folder / "transformer_120.pth"
         torch.save(self.model.state_dict(), path)
 
@@ -409,10 +430,155 @@ def finetuning_parity(checkout: OriginalCheckout, size: Size, folder: Path) -> R
     return report
 
 
+class ClusterContrastPair:
+    """The original cluster-contrast model (``clustercontrast/models/vision_transformer.py``'s ``TransReID`` with the
+    recipe's necks), ``ClusterMemory`` (``--use-hard``), trainer, optimizer and ``StepLR`` as ``main_worker`` builds
+    them, and pass-hub's ``ClusterContrastTrainer`` loaded from the original model's ``checkpoint.pth.tar``."""
+
+    def __init__(self, checkout: OriginalCheckout, size: Size, folder: Path, recipe: str) -> None:
+        self.code = code = checkout.cluster_contrast
+        settings = dataclasses.replace(RECIPES["usl"][recipe].settings, image_size=size.image_size,
+                                       drop_path_rate=0.0, mixed_precision="no", **USL_CLUSTERING)
+        multi_neck = settings.neck == "per_token"
+        empty = folder / "no_weights.pth"
+        torch.save({}, empty)  # the original's model always loads a file: this one loads nothing
+        torch.manual_seed(0)
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.model = code.vision_transformer.TransReID(
+                img_size=size.image_size, patch_size=16, stride_size=16, embed_dim=size.width, depth=size.depth,
+                num_heads=size.heads, mlp_ratio=4, qkv_bias=True, drop_path_rate=0.0,
+                norm_layer=functools.partial(nn.LayerNorm, eps=1e-6), pretrained_path=str(empty), hw_ratio=2,
+                feat_fusion=settings.feature_fusion, multi_neck=multi_neck)
+        randomize_original_reid_model(self.model)
+        path = folder / "checkpoint.pth.tar"
+        torch.save({"state_dict": {f"module.{k}": v for k, v in self.model.state_dict().items()}, "epoch": 10}, path)
+        params = [{"params": [value]} for _, value in self.model.named_parameters() if value.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
+                                         weight_decay=settings.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=settings.lr_step_epochs, gamma=0.1)
+        self.scheduler_epoch = 0
+        self.trainer = code.trainers.ClusterContrastTrainer(self.model)
+
+        start = load_usl_start(path, num_heads=size.heads)
+        self.settings = start.settings_for(settings)
+        self.ours = ClusterContrastTrainer.build(self.settings, start.model(self.settings), Accelerator(cpu=True))
+
+    def original_features(self, images: torch.Tensor) -> torch.Tensor:
+        """``main_worker``'s epoch start: ``extract_features`` over the images, in their order."""
+        names = [f"{index:05d}.jpg" for index in range(len(images))]
+        loader = [(images[i:i + 8], names[i:i + 8], torch.zeros(len(names[i:i + 8])), None, None)
+                  for i in range(0, len(images), 8)]
+        with as_on_one_gpu(), contextlib.redirect_stdout(io.StringIO()):
+            features, _ = self.code.evaluators.extract_features(self.model, loader, print_freq=10**6)
+        return torch.stack([features[name] for name in names])
+
+    def original_clustering(self, features: torch.Tensor) -> tuple[Any, Any, torch.Tensor]:
+        """Jaccard distances, DBSCAN labels and the normalised centroids, as ``main_worker`` computes them (its
+        nested ``generate_cluster_features``: the mean feature of each label in sorted order)."""
+        from sklearn.cluster import DBSCAN
+
+        with faiss_on_cpu(self.code.faiss_rerank), contextlib.redirect_stdout(io.StringIO()):
+            distances = self.code.faiss_rerank.compute_jaccard_distance(features, k1=self.settings.k1,
+                                                                        k2=self.settings.k2)
+        labels = DBSCAN(eps=self.settings.eps, min_samples=4, metric="precomputed", n_jobs=-1).fit_predict(distances)
+        centers: dict[int, list[torch.Tensor]] = collections.defaultdict(list)
+        for index, label in enumerate(labels):
+            if label != -1:
+                centers[label].append(features[index])
+        centroids = torch.stack([torch.stack(centers[label]).mean(0) for label in sorted(centers)])
+        return distances, labels, F.normalize(centroids, dim=1)
+
+    def make_memory(self, centroids: torch.Tensor) -> None:
+        memory = self.code.cm.ClusterMemory(self.model.num_features, len(centroids), temp=self.settings.temperature,
+                                            momentum=self.settings.memory_momentum,
+                                            use_hard=self.settings.memory_update == "hardest")
+        memory.features = centroids.clone()
+        self.trainer.memory = memory
+
+    def original_step(self, epoch: int, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+        """One iteration of the original ``ClusterContrastTrainer.train`` in epoch ``epoch``; returns (loss, lr)."""
+        while self.scheduler_epoch < epoch:  # main_worker steps StepLR at the end of every epoch
+            with warnings.catch_warnings():  # stepped before any optimizer step: the epochs not run here
+                warnings.simplefilter("ignore")
+                self.scheduler.step()
+            self.scheduler_epoch += 1
+        losses: list[float] = []
+        memory_loss = self.trainer.memory
+
+        def recorded(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            loss = memory_loss(inputs, targets)
+            losses.append(loss.item())
+            return loss
+
+        self.trainer.memory = recorded
+        batches = iter([(images, None, labels, None, torch.arange(len(labels)))])
+        loader = types.SimpleNamespace(next=lambda: next(batches), __len__=lambda: 1)
+        try:
+            with as_on_one_gpu():
+                self.trainer.train(epoch, loader, self.optimizer, print_freq=10**6, train_iters=1)
+        finally:
+            self.trainer.memory = memory_loss
+        return losses[0], self.optimizer.param_groups[0]["lr"]
+
+    def original_state(self) -> dict[str, torch.Tensor]:
+        return {**{f"model.{k}": v for k, v in self.model.state_dict().items()}, "memory": self.trainer.memory.features}
+
+    def our_state(self) -> dict[str, torch.Tensor]:
+        return {**{f"model.{k}": v for k, v in self.ours.original_state_dict().items()}, "memory": self.ours.memory}
+
+
+def usl_images(size: Size) -> torch.Tensor:
+    """Noisy copies of a few random images (copies of one image are what clusters)."""
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(USL_PEOPLE, 3, *size.image_size, generator=generator)
+    return base.repeat(USL_COPIES, 1, 1, 1) + 0.6 * torch.randn(USL_PEOPLE * USL_COPIES, 3, *size.image_size,
+                                                                   generator=generator)
+
+
+def cluster_contrast_parity(checkout: OriginalCheckout, size: Size, folder: Path, recipe: str) -> Report:
+    pair = ClusterContrastPair(checkout, size, folder, recipe)
+    images = usl_images(size)
+    features = pair.original_features(images)
+    ours_features = pair.ours.extract_cluster_features(images)
+    distances, labels, centroids = pair.original_clustering(features)
+    clustering = pair.ours.cluster(ours_features, epoch=USL_EPOCHS[0])
+    ours_dense = jaccard_distance(ours_features, k1=pair.settings.k1, k2=pair.settings.k2,
+                                  convention="cluster_contrast", normalize=False).numpy()
+    stored = clustering.distances.tocoo()
+    print(f"\n== cluster-contrast ({recipe}): main_worker's epoch start vs ClusterContrastTrainer.cluster ==")
+    print(f"  features       largest |diff| {largest(ours_features, features):.1e}  (norms "
+          f"{features.norm(dim=1).min():.3f} to {features.norm(dim=1).max():.3f})")
+    print(f"  Jaccard        largest |diff| {abs(ours_dense - distances).max():.1e} (dense), "
+          f"{abs(stored.data - distances[stored.row, stored.col]).max():.1e} (the {stored.nnz} distances <= eps "
+          "that cluster() keeps)")
+    same = np.array_equal(clustering.pseudo_labels, labels)
+    print(f"  pseudo-labels  {'identical' if same else 'DIFFERENT'}: {clustering.num_clusters} clusters, "
+          f"{int((labels < 0).sum())} outliers among {len(labels)} images")
+    print(f"  memory         largest |diff| {largest(pair.ours.memory, centroids):.1e}")
+    pair.make_memory(centroids)
+
+    report = Report(f"cluster-contrast ({recipe}): original ClusterContrastTrainer.train vs "
+                    "ClusterContrastTrainer.step, from an original checkpoint.pth.tar")
+    kept = np.flatnonzero(labels >= 0)
+    for step, epoch in enumerate(USL_EPOCHS):
+        chosen = kept[step * USL_BATCH:(step + 1) * USL_BATCH]
+        batch, batch_labels = images[chosen], torch.as_tensor(labels[chosen])
+        before = snapshot(pair.original_state())
+        loss, lr = pair.original_step(epoch, batch, batch_labels)
+        outcome = pair.ours.step(batch, batch_labels, epoch)
+        report.add_step(f"epoch {epoch} (lr {lr:.2e})", {"loss": (loss, outcome.loss.item())},
+                        {"lr": abs(lr - pair.ours.learning_rate(epoch))}, pair.our_state(), pair.original_state(),
+                        before)
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--original", required=True, help="a checkout of CASIA-IVA-Lab/PASS-reID")
-    parser.add_argument("--part", choices=("pretrain", "finetune", "all"), default="all")
+    parser.add_argument("--part", choices=("pretrain", "finetune", "usl", "all"), default="all")
+    parser.add_argument("--usl-recipe", "--usl_recipe", dest="usl_recipe", default="market_usl_vit_small",
+                        choices=sorted(name for name in RECIPES["usl"] if name != "cpu_demo"),
+                        help="the cluster-contrast recipe whose model (neck, fusion) --part usl compares")
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--heads", type=int, default=2)
@@ -432,6 +598,9 @@ def main(argv: list[str] | None = None) -> int:
                 not args.summary, ("student.", "teacher.", "centers."))
         if args.part in ("finetune", "all"):
             finetuning_parity(checkout, size, Path(scratch)).print(not args.summary, ("",))
+        if args.part in ("usl", "all"):
+            cluster_contrast_parity(checkout, size, Path(scratch), args.usl_recipe).print(
+                not args.summary, ("model.", "memory"))
     return 0
 
 

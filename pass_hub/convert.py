@@ -8,6 +8,9 @@ Layouts (spec §2):
   ``cls_pos``, ``part1_pos..part3_pos`` and a patch-only ``pos_embed``;
 * ``original_reid``: the fine-tuned ReID model (``transformer_120.pth``): ``base.<backbone key>``, BatchNorm
   necks ``bottleneck``, ``bottleneck_1..3`` and ``classifier.weight``;
+* ``original_usl``: the cluster-contrast (USL / UDA) model (``checkpoint.pth.tar`` / ``model_best.pth.tar``, its
+  ``state_dict``): the backbone keys at the top and BatchNorm necks ``bottleneck`` (the CLS neck, or the one neck
+  on the fused feature) and ``bottleneck_pt1..3``, each neck's output L2-normalised; no classifier;
 * ``pass_hub``: a pass-hub folder's weights (``vit.<key>`` or ``pass_vit.vit.<key>`` plus the ReID head);
 * ``timm``: a ``PassVisionTransformer`` state dict.
 
@@ -58,6 +61,8 @@ SAFE_GLOBALS: list[Any] = [
 ORIGINAL_PREFIX_KEYS = ("cls_pos", "part1_pos", "part2_pos", "part3_pos")
 ORIGINAL_PART_TOKENS = ("part_token1", "part_token2", "part_token3")
 REID_HEAD_PREFIXES = ("cls_neck.", "part_necks.", "fused_neck.", "classifier.")
+# The original ReID models' names: (backbone prefix, name of PART neck k = 1..P).
+ORIGINAL_REID_LAYOUTS = {"original_reid": ("base.", "bottleneck_{}"), "original_usl": ("", "bottleneck_pt{}")}
 # Classifier heads of the underlying ViT that PASS never uses (the original ``base.fc``).
 UNUSED_HEAD_PREFIXES = ("fc.", "head.")
 
@@ -70,7 +75,8 @@ class ExtractedWeights:
         backbone: ``PassVisionTransformer`` state dict.
         reid_head: ``PassViTForReID`` head entries (``cls_neck.*``, ``part_necks.<k>.*``, ``classifier.weight``);
             empty for a backbone-only checkpoint.
-        source_format: One of ``pretraining``, ``original_backbone``, ``original_reid``, ``pass_hub``, ``timm``.
+        source_format: One of ``pretraining``, ``original_backbone``, ``original_reid``, ``original_usl``,
+            ``pass_hub``, ``timm``.
         metadata: Non-weight entries worth keeping (e.g. the pre-training ``epoch``).
     """
 
@@ -78,6 +84,14 @@ class ExtractedWeights:
     reid_head: dict[str, torch.Tensor] = field(default_factory=dict)
     source_format: str = "timm"
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    def head_layout(self, hidden_size: int) -> dict[str, Any]:
+        """The ``PassViTConfig`` head values of ``reid_head`` (:func:`reid_head_layout`); the original
+        cluster-contrast model's PART necks also L2-normalise their outputs."""
+        layout = reid_head_layout(self.reid_head, hidden_size)
+        if self.source_format == "original_usl" and layout["neck"] == "per_token":
+            layout["normalize_neck_outputs"] = True
+        return layout
 
 
 def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
@@ -184,13 +198,14 @@ def _original_to_backbone(state: dict[str, torch.Tensor], source: str) -> dict[s
 
 def _original_reid_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The necks and classifier of an original ReID model in pass-hub names: ``bottleneck`` is the CLS neck when
-    ``bottleneck_1..P`` (the PART necks) exist, and the one neck on the fused feature when they do not."""
-    single = "bottleneck_1.weight" not in state
+    PART necks (``bottleneck_1..P`` fine-tuned, ``bottleneck_pt1..P`` cluster-contrast) exist, and the one neck on
+    the fused feature when they do not."""
+    necks = {name: re.fullmatch(r"bottleneck(?:_(?:pt)?(\d+))?\.(\w+)", name) for name in state}
+    single = not any(match and match.group(1) for match in necks.values())
     head = {}
     for name, value in state.items():
-        neck = re.fullmatch(r"bottleneck(?:_(\d+))?\.(\w+)", name)
-        if neck:
-            index, buffer = neck.groups()
+        if necks[name]:
+            index, buffer = necks[name].groups()
             if index is not None:
                 head[f"part_necks.{int(index) - 1}.{buffer}"] = value
             else:
@@ -200,29 +215,35 @@ def _original_reid_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return head
 
 
-def original_reid_pieces(key: str, num_parts: int = 3) -> list[str]:
-    """The original fine-tuned model's name(s) of one ``PassViTForReID`` key (several: pieces along dim 1).
+def original_reid_pieces(key: str, num_parts: int = 3, layout: str = "original_reid") -> list[str]:
+    """The original ReID model's name(s) of one ``PassViTForReID`` key (several: pieces along dim 1), in the
+    fine-tuned model's names (``layout="original_reid"``) or the cluster-contrast model's (``"original_usl"``).
 
     Example:
         >>> original_reid_pieces("pass_vit.vit.reg_token"), original_reid_pieces("part_necks.0.weight")
         (['base.part_token1', 'base.part_token2', 'base.part_token3'], ['bottleneck_1.weight'])
+        >>> original_reid_pieces("part_necks.2.running_mean", layout="original_usl")
+        ['bottleneck_pt3.running_mean']
     """
+    prefix, part_neck = ORIGINAL_REID_LAYOUTS[layout]
     if key.startswith("pass_vit.vit."):
-        return [f"base.{piece}" for piece in original_backbone_pieces(key.removeprefix("pass_vit.vit."), num_parts)]
+        return [prefix + piece for piece in original_backbone_pieces(key.removeprefix("pass_vit.vit."), num_parts)]
     part = re.fullmatch(r"part_necks\.(\d+)\.(\w+)", key)
     if part:
-        return [f"bottleneck_{int(part.group(1)) + 1}.{part.group(2)}"]
+        return [f"{part_neck.format(int(part.group(1)) + 1)}.{part.group(2)}"]
     return [re.sub(r"^(cls_neck|fused_neck)\.", "bottleneck.", key)]
 
 
-def reid_model_to_original(state: Mapping[str, torch.Tensor], num_parts: int = 3) -> dict[str, torch.Tensor]:
-    """A ``PassViTForReID`` state dict in the original fine-tuned model's names (``base.*``, ``bottleneck``,
-    ``bottleneck_1..P``, ``classifier.weight``): what the original ``test.py`` loads. Split tensors are views."""
+def reid_model_to_original(
+    state: Mapping[str, torch.Tensor], num_parts: int = 3, layout: str = "original_reid"
+) -> dict[str, torch.Tensor]:
+    """A ``PassViTForReID`` state dict in an original ReID model's names (:func:`original_reid_pieces`): what the
+    original ``test.py`` of that code loads. Split tensors are views."""
     out = {}
     for key, tensor in state.items():
         inner = key.removeprefix("pass_vit.vit.")
         views = split_as_original(inner, tensor, num_parts) if inner != key else [tensor]
-        out.update(zip(original_reid_pieces(key, num_parts), views, strict=True))
+        out.update(zip(original_reid_pieces(key, num_parts, layout), views, strict=True))
     return out
 
 
@@ -264,7 +285,12 @@ def extract_weights(checkpoint: Mapping[str, Any], source: str = "checkpoint") -
             backbone = _original_to_backbone(backbone, source)
         return ExtractedWeights(backbone, _original_reid_head(tensors), "original_reid")
     if "part_token1" in tensors:
-        return ExtractedWeights(_original_to_backbone(_drop_unused_heads(tensors), source), {}, "original_backbone")
+        necks = {k: v for k, v in tensors.items() if k.startswith("bottleneck")}
+        backbone = _original_to_backbone(_drop_unused_heads({k: v for k, v in tensors.items() if k not in necks}),
+                                         source)
+        if necks:
+            return ExtractedWeights(backbone, _original_reid_head(necks), "original_usl")
+        return ExtractedWeights(backbone, {}, "original_backbone")
     if "reg_token" in tensors and "cls_token" in tensors:
         return ExtractedWeights(_drop_unused_heads(tensors), {}, "timm")
     raise ValueError(
@@ -380,7 +406,7 @@ def config_from_weights(weights: ExtractedWeights, args: Mapping[str, Any], **ov
     )
     if weights.reid_head:
         classifier = weights.reid_head.get("classifier.weight")
-        values.update(reid_head_layout(weights.reid_head, args["embed_dim"]), image_mean=REID_MEAN,
+        values.update(weights.head_layout(args["embed_dim"]), image_mean=REID_MEAN,
                       image_std=REID_STD, num_labels=0 if classifier is None else classifier.shape[0])
     return PassViTConfig(**{**values, **overrides})
 

@@ -19,8 +19,10 @@ in float16 to save memory differ from both at the ~1e-3 level.
 The clustering code of cluster-contrast (and of PASS's USL / UDA) computes the Jaccard distance with two
 differences, selected by ``convention="cluster_contrast"``: its neighbour lists hold k1 items *including* the
 image itself (R(i, k1) is the k-reciprocal set of those k1, where re-ranking looks at k1 + 1), and the weights
-are ``softmax(-d)`` over R*(i) on the raw distances (squared Euclidean of L2-normalised features,
-``2 - 2 f_i.f_j``), not ``exp(-d / row max)``. R(c, k1 / 2) still looks at round(k1 / 2) + 1 items.
+are ``softmax(-(2 - 2 f_i.f_j))`` over R*(i), not ``exp(-d / row max)`` (on L2-normalised features that is the
+squared Euclidean distance; the original also clusters features that are not unit vectors, the concatenation of
+normalised neck outputs, and ranks them by squared Euclidean distance while weighting by ``2 - 2 f_i.f_j``; pass
+``normalize=False`` for those). R(c, k1 / 2) still looks at round(k1 / 2) + 1 items.
 
 Memory: no dense N x N matrix is ever built. Neighbours come from blocks of ~8M distances (``topk``), V keeps
 only its k-reciprocal entries (sparse rows; tens to a few hundred per row), and Jaccard distances are computed
@@ -186,13 +188,18 @@ class KReciprocalEncoding:
         depth = min(max(full, k2), num)
         neighbours, self.row_max = _nearest_neighbours(metric, features, depth, self.chunk_size)
         rows, columns = _expanded_sets(neighbours, full, round(k1 / 2) + 1)
-        weights = torch.cat(
-            [
-                metric.paired(features.select(rows[span]), features.select(columns[span]))
-                for span in torch.arange(len(rows)).split(WEIGHT_PAIRS)
-            ]
-        )
-        weights = torch.exp(-weights / self.row_max[rows] if convention == "reranking" else -weights)
+        spans = torch.arange(len(rows)).split(WEIGHT_PAIRS)
+        if convention == "reranking":
+            distances = torch.cat([metric.paired(features.select(rows[span]), features.select(columns[span]))
+                                   for span in spans])
+            weights = torch.exp(-distances / self.row_max[rows])
+        else:  # 2 - 2 f_i.f_j as the original writes it, also for features that are not unit vectors
+            dots = torch.cat([(features.features[rows[span]] * features.features[columns[span]]).sum(dim=1)
+                              for span in spans])
+            logits = 2 * dots - 2
+            # softmax over R*(i): shifted by the row's largest logit, as softmax is, so long features cannot overflow
+            largest = torch.full((num,), -torch.inf).scatter_reduce_(0, rows, logits, "amax")
+            weights = torch.exp(logits - largest[rows])
         weights /= torch.zeros(num).index_add_(0, rows, weights)[rows]
         vectors = _SparseRows.from_sorted(rows, columns, weights, num)
         self.vectors = vectors if k2 == 1 else self._expand(vectors, neighbours[:, :k2])

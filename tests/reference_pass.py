@@ -10,6 +10,7 @@ import argparse
 import math
 import warnings
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -70,7 +71,7 @@ class ReferencePassViT(nn.Module):
         super().__init__()
         self.grid = grid
         # The original pre-training code: the patch table resampled bicubically with the +0.1 scale factor on every
-        # forward, even at the trained grid (recipes.md section 1, "pos-emb").
+        # forward, even at the trained grid (docs/recipes.md section 1, "pos-emb").
         self.pretraining_positions = pretraining_positions
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.5)
         for k in range(1, PARTS + 1):
@@ -264,7 +265,7 @@ def reference_pretraining_step(
     clip_grad: float = 3.0,
     freeze_last_layer: int = 1,
 ) -> tuple[float, list[torch.Tensor]]:
-    """One iteration of the original ``train_one_epoch`` as recipes.md section 1 states it, on the original
+    """One iteration of the original ``train_one_epoch`` as docs/recipes.md section 1 states it, on the original
     layout; ``local_views`` come stripe by stripe. Returns the loss and the new centers."""
     for index, group in enumerate(optimizer.param_groups):
         group["lr"] = lr
@@ -346,7 +347,7 @@ def reference_triplet(features: torch.Tensor, labels: torch.Tensor, margin: floa
 def original_finetuning_groups(
     model: ReferenceReID, lr: float, weight_decay: float, bias_lr_factor: float, weight_decay_bias: float
 ) -> list[dict]:
-    """The original's SGD groups (recipes.md section 2, optimizer): one per trainable tensor, a name holding "bias"
+    """The original's SGD groups (docs/recipes.md section 2, optimizer): one per trainable tensor, a name holding "bias"
     at ``bias_lr_factor`` x lr and ``weight_decay_bias``; each group remembers its name and peak."""
     groups = []
     for name, param in model.named_parameters():
@@ -358,7 +359,7 @@ def original_finetuning_groups(
 
 
 def original_finetuning_lr(base: float, peak: float, t: int, epochs: int, warmup: int) -> float:
-    """recipes.md correction 1: epoch t (0-based) of a group peaking at ``peak``; start 0.01b and floor 0.002b."""
+    """docs/recipes.md, disagreement 1: epoch t (0-based) of a group peaking at ``peak``; start 0.01b and floor 0.002b."""
     if t < warmup:
         return 0.01 * base + t * (peak - 0.01 * base) / warmup
     return 0.002 * base + 0.5 * (peak - 0.002 * base) * (1 + math.cos(math.pi * t / epochs))
@@ -368,7 +369,7 @@ def reference_finetuning_step(
     model: ReferenceReID, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
     learning_rates: list[float],
 ) -> tuple[float, float]:
-    """One iteration of the original ``do_train`` as recipes.md section 2 states it, train mode, fp32: group lrs,
+    """One iteration of the original ``do_train`` as docs/recipes.md section 2 states it, train mode, fp32: group lrs,
     zero_grad, forward, cross-entropy on the classifier's scores of cat(BN(CLS), BN_k(P_k)/3 summed) plus the
     soft-margin batch-hard triplet on cat(CLS, P_k/3 summed), backward, SGD step. Returns (CE, triplet)."""
     model.train()
@@ -386,3 +387,124 @@ def reference_finetuning_step(
     (cross_entropy + triplet).backward()
     optimizer.step()
     return cross_entropy.item(), triplet.item()
+
+
+class ReferenceClusterContrast(nn.Module):
+    """The original cluster-contrast model (docs/recipes.md section 3, neck and output): the backbone, BatchNorm necks
+    ``bottleneck`` (+ ``bottleneck_pt1..3`` with ``multi_neck``), biases frozen, and its one output in train and eval
+    mode: each neck's output L2-normalised, fused by ``fusion`` (``cat`` / ``mean``) as it is."""
+
+    def __init__(self, base: ReferencePassViT, multi_neck: bool, fusion: str) -> None:
+        super().__init__()
+        dim = base.cls_token.shape[-1]
+        self.base, self.multi_neck, self.fusion = base, multi_neck, fusion
+        if multi_neck:
+            self.bottleneck = nn.BatchNorm1d(dim)
+            for k in range(1, PARTS + 1):
+                setattr(self, f"bottleneck_pt{k}", nn.BatchNorm1d(dim))
+        else:
+            self.bottleneck = nn.BatchNorm1d(2 * dim if fusion == "cat" else dim)
+        with torch.no_grad():
+            for k, neck in enumerate(self.necks()):
+                neck.bias.requires_grad_(False)
+                neck.weight.uniform_(0.5, 1.5)
+                neck.running_mean.normal_(0, 0.3)
+                neck.running_var.uniform_(0.5, 2.0)
+                neck.num_batches_tracked.fill_(7 + k)
+
+    def necks(self) -> list[nn.BatchNorm1d]:
+        return [self.bottleneck] + [getattr(self, f"bottleneck_pt{k}") for k in range(1, PARTS + 1) if self.multi_neck]
+
+    def _fuse(self, cls: torch.Tensor, parts: list[torch.Tensor]) -> torch.Tensor:
+        part = parts[0] / 3.0 + parts[1] / 3.0 + parts[2] / 3.0
+        return torch.cat([cls, part], dim=1) if self.fusion == "cat" else (cls + part) / 2.0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.base(images)
+        cls, parts = tokens[:, 0], [tokens[:, 1 + k] for k in range(PARTS)]
+        if self.multi_neck:
+            necks = self.necks()
+            return self._fuse(F.normalize(necks[0](cls)), [F.normalize(necks[1 + k](parts[k])) for k in range(PARTS)])
+        return F.normalize(self.bottleneck(self._fuse(cls, parts)))
+
+    def original_state_dict(self) -> dict[str, torch.Tensor]:
+        """Names as the original saves them (``model.state_dict()`` of its DataParallel wrapper)."""
+        return {f"module.{key.removeprefix('base.')}": value.detach().clone()
+                for key, value in self.state_dict().items()}
+
+
+def original_cluster_contrast_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.SGD:
+    """docs/recipes.md section 3, optimizer: one SGD group per trainable tensor, the same lr and weight decay for all."""
+    params = [{"params": [value]} for _, value in model.named_parameters() if value.requires_grad]
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+def original_cluster_centroids(features: torch.Tensor, labels) -> torch.Tensor:
+    """docs/recipes.md section 3, memory init: the L2-normalised mean of each cluster's features, clusters in order."""
+    clusters = sorted({int(label) for label in labels if label != -1})
+    return F.normalize(torch.stack([features[[i for i in range(len(labels)) if labels[i] == c]].mean(0)
+                                    for c in clusters]), dim=1)
+
+
+def reference_cluster_contrast_step(
+    model: ReferenceClusterContrast, optimizer: torch.optim.Optimizer, memory: torch.Tensor, images: torch.Tensor,
+    labels: torch.Tensor, lr: float, temperature: float = 0.05, momentum: float = 0.2, hard: bool = True,
+) -> float:
+    """One iteration of the original cluster-contrast training (docs/recipes.md section 3, memory): train mode, fp32, the
+    epoch's lr on every group, logits of the normalised output against the memory / temperature, cross-entropy,
+    backward, the memory update (``hard``: per cluster its member with the lowest cosine to the centroid, clusters in
+    order of first appearance; else every member in batch order), SGD step. ``memory`` changes in place."""
+    model.train()
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    inputs = F.normalize(model(images), dim=1)
+    loss = F.cross_entropy(inputs.mm(memory.t()) / temperature, labels)
+    optimizer.zero_grad()
+    loss.backward()
+    with torch.no_grad():
+        inputs = inputs.detach()
+        if hard:
+            members: dict[int, list[torch.Tensor]] = {}
+            for feature, label in zip(inputs, labels.tolist(), strict=True):
+                members.setdefault(label, []).append(feature)
+            for label, features in members.items():
+                cosines = [float(feature @ memory[label]) for feature in features]
+                hardest = features[cosines.index(min(cosines))]
+                memory[label] = memory[label] * momentum + (1 - momentum) * hardest
+                memory[label] /= memory[label].norm()
+        else:
+            for feature, label in zip(inputs, labels.tolist(), strict=True):
+                memory[label] = momentum * memory[label] + (1.0 - momentum) * feature
+                memory[label] /= memory[label].norm()
+    optimizer.step()
+    return loss.item()
+
+
+def reference_cluster_contrast_jaccard(features: np.ndarray, k1: int, k2: int) -> np.ndarray:
+    """docs/docs/recipes.md section 3, "Jaccard distance", as plain loops over float64 features taken as they are: neighbours ranked by
+    squared Euclidean distance (faiss IndexFlatL2), weights softmax(-(2 - 2 f_i.f_j)) over the expanded set."""
+    n = len(features)
+    squared = (features**2).sum(axis=1)
+    ranked = np.argsort(squared[:, None] + squared[None, :] - 2 * features @ features.T, axis=1, kind="stable")
+    distance = 2 - 2 * features @ features.T
+    lists = ranked[:, :k1]  # exactly k1 entries, the image itself included
+
+    def reciprocal(i: int, length: int) -> set[int]:
+        return {j for j in lists[i, :length] if i in lists[j, :length]}
+
+    half = round(k1 / 2) + 1
+    weights = np.zeros((n, n))
+    for i in range(n):
+        own = reciprocal(i, k1)
+        expanded = set(own)
+        for candidate in own:
+            candidate_set = reciprocal(candidate, half)
+            if len(candidate_set & own) > 2 / 3 * len(candidate_set):
+                expanded |= candidate_set
+        members = sorted(expanded)
+        logits = -distance[i, members]
+        weights[i, members] = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    if k2 > 1:
+        weights = np.stack([weights[ranked[i, :k2]].mean(axis=0) for i in range(n)])
+    shared = np.minimum(weights[:, None, :], weights[None, :, :]).sum(axis=2)
+    return np.maximum(1 - shared / (2 - shared), 0)

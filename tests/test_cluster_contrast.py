@@ -92,14 +92,16 @@ def test_camera_centering_makes_clusters_follow_people_not_cameras():
     assert len(set(zip(centred.tolist(), pids.tolist(), strict=True))) == len(set(centred.tolist())) == people
 
 
-def test_centroids_are_normalised_means_of_normalised_features():
+def test_centroids_are_normalised_means_of_the_features_as_given():
+    # The original averages the features it clustered (not unit vectors for the per-token necks' concatenation),
+    # then normalises the mean: a long member weighs more than a short one.
     generator = torch.Generator().manual_seed(1)
     features = torch.randn(20, 6, generator=generator) * torch.rand(20, 1, generator=generator) * 5
     labels = np.array([2, 0, 1, -1] * 5)
     centroids = cluster_centroids(features, labels)
     assert centroids.shape == (3, 6)
     for cluster in range(3):
-        members = [F.normalize(features[i], dim=0) for i in range(20) if labels[i] == cluster]
+        members = [features[i] for i in range(20) if labels[i] == cluster]
         expected = F.normalize(torch.stack(members).mean(dim=0), dim=0)
         torch.testing.assert_close(centroids[cluster], expected)
     assert cluster_centroids(features, np.full(20, -1)).shape == (0, 6)

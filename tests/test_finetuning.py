@@ -1,5 +1,5 @@
 """Fine-tuning as a unit: ``ReidFinetuner`` from an original ``transformer_N.pth`` against a loop written from
-recipes.md section 2, its parameter groups and learning rates, each loss term, and the original names both ways."""
+docs/recipes.md section 2, its parameter groups and learning rates, each loss term, and the original names both ways."""
 
 from __future__ import annotations
 

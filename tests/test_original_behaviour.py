@@ -1,5 +1,5 @@
 """The behaviours the paper recipes select, each shown on a small case against the original's rules as
-../shared/spec/recipes.md states them: the fine-tuning lr per epoch, the camera-aware sampler, the
+docs/recipes.md states them: the fine-tuning lr per epoch, the camera-aware sampler, the
 cluster-contrast Jaccard distance, the USL / UDA necks, the pre-training position table, token initialisation and
 schedules, the erasing of cluster-contrast, and which weights are published."""
 
@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from reference_pass import reference_cluster_contrast_jaccard
 
 import pass_hub
 from pass_hub.backbone import PassVisionTransformer, original_pretraining_pos_embed
@@ -28,7 +29,7 @@ from training.transforms import ClusterContrastErasing
 
 
 def test_fine_tuning_lr_at_named_epochs():
-    # recipes.md, correction 1: base b, biases peak at 2b; start 0.01b and floor 0.002b shared; 120 epochs, 20 warm-up.
+    # docs/recipes.md, disagreement 1: base b, biases peak at 2b; start 0.01b and floor 0.002b shared; 120 epochs, 20 warm-up.
     settings = RECIPES["finetune"]["market_vit_small_256"].settings
     model = torch.nn.Linear(4, 2)
     optimizer = reid_optimizer(model, "sgd", lr=settings.lr, weight_decay=1e-4, bias_lr_factor=2.0)
@@ -83,34 +84,6 @@ def test_camera_aware_sampler_draws_the_companions_as_the_original():
     first_pass = sampler.stream(0, 0)[:8]
     assert len(batches) == 5 and batches[0] + batches[1] == first_pass and batches[2] + batches[3] == sampler.stream(
         0, 1)[:8]
-
-
-def reference_cluster_contrast_jaccard(features: np.ndarray, k1: int, k2: int) -> np.ndarray:
-    """recipes.md section 3, "Jaccard", as plain loops over float64 features (L2-normalised)."""
-    n = len(features)
-    distance = 2 - 2 * features @ features.T
-    ranked = np.argsort(distance, axis=1, kind="stable")
-    lists = ranked[:, :k1]  # exactly k1 entries, the image itself included
-
-    def reciprocal(i: int, length: int) -> set[int]:
-        return {j for j in lists[i, :length] if i in lists[j, :length]}
-
-    half = round(k1 / 2) + 1
-    weights = np.zeros((n, n))
-    for i in range(n):
-        own = reciprocal(i, k1)
-        expanded = set(own)
-        for candidate in own:
-            candidate_set = reciprocal(candidate, half)
-            if len(candidate_set & own) > 2 / 3 * len(candidate_set):
-                expanded |= candidate_set
-        members = sorted(expanded)
-        logits = -distance[i, members]
-        weights[i, members] = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
-    if k2 > 1:
-        weights = np.stack([weights[ranked[i, :k2]].mean(axis=0) for i in range(n)])
-    shared = np.minimum(weights[:, None, :], weights[None, :, :]).sum(axis=2)
-    return np.maximum(1 - shared / (2 - shared), 0)
 
 
 def test_cluster_contrast_jaccard_on_5_points():

@@ -1,5 +1,5 @@
 """Continuing pre-training from the original checkpoints: loading every source strictly, and two steps of
-``PassPretrainer`` from an original-layout checkpoint against a loop written from recipes.md section 1."""
+``PassPretrainer`` from an original-layout checkpoint against a loop written from docs/recipes.md section 1."""
 
 from __future__ import annotations
 

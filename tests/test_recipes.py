@@ -1,7 +1,7 @@
-"""The recipes against ../shared/spec/recipes.md: every setting of every released original script, as
+"""The recipes against docs/recipes.md: every setting of every released original script, as
 ``--print_config`` prints it, and the command-line rules (overrides are reported, bad values refused).
 
-The expected values below are written out from recipes.md (sections 1-3 and "How a preset should name them"), not
+The expected values below are written out from docs/recipes.md (sections 1-3 and the table of recipe names), not
 read from training/recipes.py.
 """
 
@@ -42,7 +42,7 @@ FINETUNE_COMMON = {
     "cudnn_benchmark": True, "cudnn_deterministic": True, "eval_every": 120, "flip_test": False,
     "test_resize": "bilinear", "publish": "final",
 }
-# recipe: (original script, dataset, preset, size, seed); the per-script table of recipes.md section 2.
+# recipe: (original script, dataset, preset, size, seed); the per-script table of docs/recipes.md section 2.
 FINETUNE_SCRIPTS = {
     "market_vit_small_256": ("run_pass_vit_small_Market.sh", "market1501", "pass_vit_small", 256, 42),
     "market_vit_small_384": ("run_pass_vit_small_Market_384.sh", "market1501", "pass_vit_small", 384, 42),
@@ -58,12 +58,13 @@ USL_COMMON = {
     "image_size": [256, 128], "num_instances": 8, "sampler": "camera_aware", "random_erasing": "cluster_contrast",
     "preset": "pass_vit_small", "drop_path_rate": 0.3, "reid_feature": "after_neck", "min_samples": 4, "k1": 30,
     "k2": 6, "jaccard": "cluster_contrast", "camera_centering": False, "temperature": 0.05, "memory_momentum": 0.2,
+    "memory_update": "hardest",
     "epochs": 50, "iters_per_epoch": 200, "global_batch_size": 256, "optimizer": "sgd", "lr": 3.5e-4,
     "weight_decay": 5e-4, "momentum": 0.9, "lr_step_epochs": 20, "mixed_precision": "no", "seed": 1,
     "cudnn_benchmark": True, "cudnn_deterministic": True, "flip_test": False, "test_resize": "bicubic",
     "publish": "best_test_evaluation",
 }
-# The table of recipes.md section 3: script, target, source, neck, fusion, per-neck L2, eps, eval-step.
+# The table of docs/recipes.md section 3: script, target, source, neck, fusion, per-neck L2, eps, eval-step.
 USL = {
     "market_usl_vit_small": ("market_usl_cat_singleneck.sh", "market1501", None, "single", "cat", False, 0.6, 10),
     "msmt17_usl_vit_small": ("msmt_usl_mean_singleneck.sh", "msmt17", None, "single", "mean", False, 0.7, 50),

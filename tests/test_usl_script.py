@@ -3,16 +3,13 @@ clear errors, and two processes keeping the cluster memory and the weights ident
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 import timm
 import torch
-from accelerate import Accelerator
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from script_runs import ROOT, run_script, two_processes
@@ -20,7 +17,6 @@ from script_runs import ROOT, run_script, two_processes
 import pass_hub
 from pass_hub.model_card import reid_card_data, render_model_card
 from training import push, usl
-from training.cluster_contrast import ClusterMemory, cluster_centroids
 from training.reid_start import load_finetuning_start
 
 SCRIPT = ROOT / "training" / "usl.py"
@@ -102,24 +98,6 @@ def test_uda_from_a_fine_tuned_folder(tmp_path):
     assert "(unsupervised domain adaptation, UDA) from the labelled source dataset `market1501`" in text
     assert "UDA: source `market1501` (labelled) -> target `synthetic:domain=1," in text
     assert "after neck feature (per_token BatchNorm neck(s), cat fusion), minus the mean feature of its camera" in text
-
-
-@pytest.mark.parametrize("camera_centering", [False, True])
-def test_clustering_uses_camera_centred_features_only_when_asked(monkeypatch, camera_centering):
-    # Camera offsets dominate the person signatures: only centred features cluster by person.
-    rng = np.random.default_rng(4)
-    pids, camids = np.divmod(np.arange(6 * 3 * 4) // 4, 3)
-    features = rng.normal(size=(6, 32))[pids] + 3 * rng.normal(size=(3, 32))[camids]
-    features = torch.from_numpy((features + 0.1 * rng.normal(size=features.shape)).astype(np.float32))
-    monkeypatch.setattr(usl, "embed_split", lambda *args: features)
-    args = argparse.Namespace(eps=0.6, min_samples=3, k1=10, k2=2, camera_centering=camera_centering,
-                              jaccard="cluster_contrast", global_batch_size=8, num_instances=2)
-    memory = ClusterMemory(dim=32)
-    split = {"pid": pids.tolist(), "camid": camids.tolist()}
-    statistics = usl.make_clusters(None, split, memory, 0, args, Accelerator(cpu=True))
-    assert (statistics["label_ari"] == 1.0) is camera_centering
-    labels = memory.labels.numpy()
-    torch.testing.assert_close(memory.centroids, cluster_centroids(features, labels))  # from the raw features
 
 
 def test_resume_mid_epoch_gives_the_same_weights(tmp_path):

@@ -3,15 +3,19 @@ step the original code's, over accelerate. The scripts (``pretrain.py``, ``finet
 loops over the units exported here; these names stay wherever the modules move.
 
 Example:
-    >>> from training import PassPretrainer, ReidFinetuner, load_finetuning_start, load_pretraining_start
+    >>> from training import PassPretrainer, ReidFinetuner, ClusterContrastTrainer, load_usl_start
 """
 
+from .cluster_contrast_training import ClusterContrastOutcome, ClusterContrastTrainer, Clustering
 from .finetuning import FinetuneOutcome, ReidFinetuner
 from .pass_pretraining import PassPretrainer
 from .pretraining_checkpoints import centers_to_original, load_pretraining_start, to_original_layout
-from .reid_start import ReidStart, load_finetuning_start
+from .reid_start import ReidStart, load_finetuning_start, load_usl_start
 
 __all__ = [
+    "ClusterContrastOutcome",
+    "ClusterContrastTrainer",
+    "Clustering",
     "FinetuneOutcome",
     "PassPretrainer",
     "ReidFinetuner",
@@ -19,5 +23,6 @@ __all__ = [
     "centers_to_original",
     "load_finetuning_start",
     "load_pretraining_start",
+    "load_usl_start",
     "to_original_layout",
 ]

@@ -1,11 +1,11 @@
 """Cluster-contrast for unsupervised (USL) and domain-adaptive (UDA) ReID (spec §4, last paragraph).
 
-Each epoch the unlabelled training images are embedded (L2-normalised), clustered by DBSCAN on k-reciprocal
-Jaccard distances (outliers get the label -1 and sit the epoch out), and every cluster is represented in a
-memory by the normalised mean of its members' features. Training then minimises the cross-entropy of
-``feature . memory / temperature`` against the pseudo-label; after each batch, the member of each cluster that
-is least similar to its centroid (the hardest instance) moves the centroid:
-``m <- normalise(momentum * m + (1 - momentum) * f)``.
+Each epoch the unlabelled training images are embedded, clustered by DBSCAN on k-reciprocal Jaccard distances
+(outliers get the label -1 and sit the epoch out), and every cluster is represented in a memory by the normalised
+mean of its members' features. Training then minimises the cross-entropy of ``normalise(feature) . memory /
+temperature`` against the pseudo-label; after each batch, the member of each cluster that is least similar to its
+centroid (the hardest instance) moves the centroid: ``m <- normalise(momentum * m + (1 - momentum) * f)`` (the
+original's ``--use-hard``; without it, every member of the batch does, one after the other).
 
 Example:
     >>> features = torch.cat([torch.eye(4)[k].repeat(5, 1) + 0.01 * torch.randn(5, 4) for k in range(4)])
@@ -36,19 +36,26 @@ def cluster_pseudo_labels(
     k1: int = 30,
     k2: int = 6,
     jaccard: str = "cluster_contrast",
+    normalize: bool = True,
 ) -> np.ndarray:
     """Pseudo-labels of ``features`` (N, D): DBSCAN (``metric="precomputed"``) on k-reciprocal Jaccard distances.
 
     ``jaccard`` names the convention of :mod:`pass_hub.reranking`: ``"cluster_contrast"`` (the original
-    clustering code) or ``"reranking"`` (Zhong et al.'s, as evaluation uses).
+    clustering code) or ``"reranking"`` (Zhong et al.'s, as evaluation uses); ``normalize=False`` clusters the
+    features as they are (the original does not normalise them again).
 
     Returns:
         (N,) int64 labels: clusters ``0..C-1`` (numbered in order of discovery, as DBSCAN does), -1 for outliers.
     """
+    return dbscan_labels(jaccard_neighbours(features, eps, k1=k1, k2=k2, convention=jaccard, normalize=normalize),
+                         eps, min_samples)
+
+
+def dbscan_labels(graph: Any, eps: float, min_samples: int) -> np.ndarray:
+    """DBSCAN labels of precomputed distances (a dense matrix, or a sparse one holding every distance <= ``eps``:
+    only those make neighbours, so both give the same labels)."""
     from sklearn.cluster import DBSCAN
 
-    # Only distances <= eps can make neighbours, so the sparse graph gives the labels of the dense matrix.
-    graph = jaccard_neighbours(features, eps, k1=k1, k2=k2, convention=jaccard)
     return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(graph).astype(np.int64)
 
 
@@ -78,12 +85,14 @@ def _sums_by_group(features: torch.Tensor, index: torch.Tensor, num_groups: int)
 
 
 def cluster_centroids(features: torch.Tensor, labels: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(C, D) L2-normalised mean of the L2-normalised features of each cluster ``0..C-1``; outliers (-1) ignored."""
+    """(C, D) L2-normalised mean of the features of each cluster ``0..C-1``, as given (the original averages the
+    features it clustered, then normalises); outliers (-1) ignored."""
     labels = torch.as_tensor(labels, device=features.device)
     kept = labels >= 0
     num_clusters = int(labels.max()) + 1 if kept.any() else 0
-    features = F.normalize(features.float(), dim=1)[kept]
-    return F.normalize(_sums_by_group(features, labels[kept], num_clusters), dim=1)
+    members = labels[kept]
+    sums = _sums_by_group(features.float()[kept], members, num_clusters)
+    return F.normalize(sums / torch.bincount(members, minlength=num_clusters).unsqueeze(1), dim=1)
 
 
 def cluster_contrast_loss(
@@ -124,6 +133,28 @@ def hardest_instance_update(
     return updated
 
 
+@torch.no_grad()
+def every_instance_update(
+    centroids: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, momentum: float = 0.2
+) -> torch.Tensor:
+    """The centroids after one batch when every member moves its centroid, one after the other in batch order:
+    ``m <- normalise(momentum * m + (1 - momentum) * normalise(f))`` (the original without ``--use-hard``).
+
+    Example:
+        >>> every_instance_update(torch.eye(2), torch.tensor([[0.0, 1.0], [0.0, 1.0]]), torch.tensor([0, 0]))
+        tensor([[0.0487, 0.9988],
+                [0.0000, 1.0000]])
+    """
+    features = F.normalize(features.float(), dim=1)
+    updated = centroids.clone()
+    for feature, label in zip(features, labels.tolist(), strict=True):
+        updated[label] = F.normalize(momentum * updated[label] + (1 - momentum) * feature, dim=0)
+    return updated
+
+
+MEMORY_UPDATES = {"hardest": hardest_instance_update, "every_instance": every_instance_update}
+
+
 class ClusterMemory(nn.Module):
     """The cluster-centroid memory of one epoch, with the pseudo-labels it was built from.
 
@@ -138,12 +169,16 @@ class ClusterMemory(nn.Module):
     Args:
         dim: Feature size D.
         temperature: Softmax temperature of the loss (0.05).
-        momentum: Weight of the old centroid in the hardest-instance update (0.2).
+        momentum: Weight of the old centroid in the update (0.2).
+        update: ``"hardest"`` (:func:`hardest_instance_update`) or ``"every_instance"``
+            (:func:`every_instance_update`).
     """
 
-    def __init__(self, dim: int, temperature: float = 0.05, momentum: float = 0.2) -> None:
+    def __init__(self, dim: int, temperature: float = 0.05, momentum: float = 0.2, update: str = "hardest") -> None:
         super().__init__()
-        self.temperature, self.momentum = temperature, momentum
+        if update not in MEMORY_UPDATES:
+            raise ValueError(f"memory update {update!r}; expected one of {sorted(MEMORY_UPDATES)}")
+        self.temperature, self.momentum, self.update_rule = temperature, momentum, update
         self.register_buffer("centroids", torch.zeros(0, dim))
         self.register_buffer("labels", torch.zeros(0, dtype=torch.int64))
         self.register_buffer("epoch", torch.tensor(-1))
@@ -164,8 +199,8 @@ class ClusterMemory(nn.Module):
         return cluster_contrast_loss(features, self.centroids, labels, self.temperature)
 
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        """Hardest-instance update with a batch; pass the batch of all processes to keep replicas identical."""
-        self.centroids = hardest_instance_update(self.centroids, features.detach(), labels, self.momentum)
+        """Update with a batch; pass the batch of all processes to keep replicas identical."""
+        self.centroids = MEMORY_UPDATES[self.update_rule](self.centroids, features.detach(), labels, self.momentum)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # The number of clusters changes every epoch: take the saved sizes before copying.

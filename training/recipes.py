@@ -1,6 +1,6 @@
 """Every setting of the three training scripts, and the recipes that give each one a value.
 
-A recipe is one released script of the original PASS code (``../shared/spec/recipes.md`` lists their settings and
+A recipe is one released script of the original PASS code (``docs/recipes.md`` lists their settings and
 sources), written out setting by setting, or ``cpu_demo``, the CPU-sized run ``make demo`` uses and the default
 when ``--recipe`` is not given. A script run is ``--recipe NAME`` plus data paths; a flag given explicitly
 replaces the recipe's value, and the run's log, ``results.json`` and model card name every replaced setting.
@@ -259,8 +259,11 @@ class ClusterContrastSettings:
     camera_centering: bool = setting("cluster features minus their camera's mean feature (not in the original; "
                                      "helps when cameras differ more than people)", group="clustering and memory")
     temperature: float = setting("softmax temperature of the cluster-contrast loss", group="clustering and memory")
-    memory_momentum: float = setting("weight of the old centroid in the hardest-instance update",
-                                     group="clustering and memory")
+    memory_momentum: float = setting("weight of the old centroid in the memory update", group="clustering and memory")
+    memory_update: str = setting(
+        "hardest: per cluster in the batch, its member least similar to the centroid moves it (the original's "
+        "--use-hard, every released script); every_instance: each member of the batch, one after the other (the "
+        "original without --use-hard)", group="clustering and memory", choices=("hardest", "every_instance"))
     epochs: int = setting("epochs (one clustering each)", group="optimisation")
     iters_per_epoch: int = setting("optimiser steps per epoch", group="optimisation")
     global_batch_size: int = setting("images per optimiser step over all processes", group="optimisation")
@@ -365,7 +368,8 @@ _USL_MARKET = ClusterContrastSettings(
     dataset="market1501", source_dataset=None, image_size=(256, 128), num_instances=8, sampler="camera_aware",
     random_erasing="cluster_contrast", preset="pass_vit_small", drop_path_rate=0.3, neck="single",
     feature_fusion="cat", normalize_neck_outputs=False, reid_feature="after_neck", eps=0.6, min_samples=4, k1=30,
-    k2=6, jaccard="cluster_contrast", camera_centering=False, temperature=0.05, memory_momentum=0.2, epochs=50,
+    k2=6, jaccard="cluster_contrast", camera_centering=False, temperature=0.05, memory_momentum=0.2,
+    memory_update="hardest", epochs=50,
     iters_per_epoch=200, global_batch_size=256, optimizer="sgd", lr=3.5e-4, weight_decay=5e-4, momentum=0.9,
     lr_step_epochs=20, mixed_precision="no", seed=1, cudnn_benchmark=True, cudnn_deterministic=True, eval_every=10,
     flip_test=False, test_resize="bicubic", publish="best_test_evaluation",

@@ -39,14 +39,20 @@ def add_init_arguments(group: argparse._ArgumentGroup, help: str) -> None:
                        help="attention heads of the --init checkpoint, where its width / 64 is not the number")
 
 
-def load_start(args: argparse.Namespace, num_labels: int, accelerator) -> tuple[ReidStart, pass_hub.PassViTForReID]:
-    """What ``--init`` names and the run's model on it (:class:`training.reid_start.ReidStart`). The source's
+def load_start(
+    args: argparse.Namespace,
+    num_labels: int,
+    accelerator,
+    read: Callable[..., ReidStart] = load_finetuning_start,
+) -> tuple[ReidStart, pass_hub.PassViTForReID]:
+    """What ``--init`` names, read by ``read`` (``load_finetuning_start`` or ``load_usl_start``), and the run's
+    model on it (:class:`training.reid_start.ReidStart`). The source's
     architecture, and for a ReID model with the run's ``num_labels`` identities its head layout, become the run's
     settings (reported as overridden by ``--init``); a source that is not the recipe's backbone, a missing file or
     weights that do not fit end the run in one line naming ``--init``."""
     needs = args.resolved.recipe.needs
     try:
-        start = load_finetuning_start(args.init, num_heads=args.num_heads)
+        start = read(args.init, num_heads=args.num_heads)
         start.check_preset(args.settings, args.recipe)
         settings = start.settings_for(args.settings, num_labels)
         args.resolved = args.resolved.with_settings(settings, "--init")

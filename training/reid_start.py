@@ -7,6 +7,8 @@
   teacher), any layout ``pass-hub convert`` reads;
 * an original fine-tuned model, ``transformer_N.pth`` as the original ``do_train`` saves it: ``base.*``, the
   BatchNorm necks ``bottleneck`` (and ``bottleneck_1..3``) and ``classifier.weight``;
+* an original cluster-contrast model, ``checkpoint.pth.tar`` / ``model_best.pth.tar`` as the original USL / UDA
+  script saves it: its ``state_dict`` holds the backbone and the necks ``bottleneck`` (and ``bottleneck_pt1..3``);
 * a pass-hub folder (``PassViTModel`` or ``PassViTForReID``) or a cached hub id.
 
 Files are read with the safe loader of ``pass-hub convert``; the architecture comes from the tensors (or the
@@ -55,6 +57,7 @@ FORMATS = {
     "original_backbone": "original PASS backbone",
     "pretraining": "original pre-training checkpoint, its teacher",
     "original_reid": "original fine-tuned ReID model",
+    "original_usl": "original cluster-contrast (USL / UDA) model",
     "timm": "PASS backbone",
     "pass_hub": "pass-hub weights",
     "pass_hub_backbone": "pass-hub backbone folder",
@@ -76,6 +79,8 @@ class ReidStart:
             ``classifier.weight``); empty for a backbone.
         head_layout: ``neck`` and, where the shapes tell it, ``feature_fusion`` of ``head``.
         base_model: Hub id of the source (card metadata), None for local files and presets.
+        default_num_labels: Identities of a run that does not say: None for the source's (fine-tuning it further),
+            0 for cluster-contrast (no classifier; :func:`load_usl_start`).
     """
 
     source: str
@@ -86,6 +91,7 @@ class ReidStart:
     head: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     head_layout: dict[str, Any] = dataclasses.field(default_factory=dict)
     base_model: str | None = None
+    default_num_labels: int | None = None
 
     @property
     def fine_tuned(self) -> bool:
@@ -130,7 +136,9 @@ class ReidStart:
         return dataclasses.replace(settings, **changes)
 
     def run_labels(self, num_labels: int | None) -> int:
-        """The identities of a run that asks for ``num_labels`` (None: the source's, 0 without a classifier)."""
+        """The identities of a run that asks for ``num_labels`` (None: ``default_num_labels``, else the source's, 0
+        without a classifier)."""
+        num_labels = self.default_num_labels if num_labels is None else num_labels
         return (self.num_labels or 0) if num_labels is None else num_labels
 
     def keeps_head(self, settings: Any, num_labels: int | None = None) -> bool:
@@ -212,7 +220,7 @@ def _from_weights(source: str, weights: ExtractedWeights, num_heads: int | None)
         "num_channels": args["in_chans"], "num_part_tokens": args["num_parts"],
     }
     return ReidStart(source, weights.source_format, config, tuple(args["img_size"]), dict(weights.backbone),
-                     dict(weights.reid_head), reid_head_layout(weights.reid_head, args["embed_dim"]))
+                     dict(weights.reid_head), weights.head_layout(args["embed_dim"]))
 
 
 def _backbone_values(config: pass_hub.PassViTConfig) -> dict[str, Any]:
@@ -230,9 +238,16 @@ def _from_folder(spec: str, exists: bool) -> ReidStart:
     weights = extract_weights(model.state_dict(), source=spec)
     return ReidStart(
         spec, "pass_hub_reid" if reid else "pass_hub_backbone", _backbone_values(config), tuple(config.image_size),
-        dict(weights.backbone), dict(weights.reid_head),
-        reid_head_layout(weights.reid_head, config.hidden_size), base_model=None if exists else spec,
+        dict(weights.backbone), dict(weights.reid_head), _folder_head_layout(weights, config),
+        base_model=None if exists else spec,
     )
+
+
+def _folder_head_layout(weights: ExtractedWeights, config: pass_hub.PassViTConfig) -> dict[str, Any]:
+    layout = reid_head_layout(weights.reid_head, config.hidden_size)
+    if weights.reid_head and layout["neck"] == "per_token":
+        layout["normalize_neck_outputs"] = config.normalize_neck_outputs
+    return layout
 
 
 def load_finetuning_start(path: str | Path, num_heads: int | None = None) -> ReidStart:
@@ -272,3 +287,22 @@ def load_finetuning_start(path: str | Path, num_heads: int | None = None) -> Rei
         return _from_folder(spec, location.exists())
     except OSError as err:
         raise ValueError(f"{spec}: not a preset, checkpoint file, pass-hub folder or cached hub id ({err})") from None
+
+
+def load_usl_start(path: str | Path, num_heads: int | None = None) -> ReidStart:
+    """Read what ``usl.py --init path`` names: anything :func:`load_finetuning_start` reads, the original
+    cluster-contrast model (``checkpoint.pth.tar`` / ``model_best.pth.tar``) included. The run learns no
+    classifier (``num_labels`` 0 unless given), so the necks of a source without a classifier (an original USL or
+    UDA model, a pass-hub cluster-contrast folder) are kept when the settings lay them out alike, and a fine-tuned
+    model (a UDA source) gives its backbone only, as the original's ``load_param`` takes it.
+
+    Example (an original USL model, two steps further, and back in the original's names)::
+
+        start = load_usl_start("model_best.pth.tar")
+        settings = start.settings_for(RECIPES["usl"]["market_usl_vit_small"].settings)
+        trainer = ClusterContrastTrainer.build(settings, start.model(settings), Accelerator(cpu=True))
+        trainer.cluster(trainer.extract_cluster_features(train_split))
+        trainer.step(pixel_values, pseudo_labels, epoch=0)
+        torch.save({"state_dict": trainer.original_state_dict()}, "checkpoint.pth.tar")
+    """
+    return dataclasses.replace(load_finetuning_start(path, num_heads), default_num_labels=0)

@@ -1,6 +1,6 @@
 """Batches for metric learning: identity-balanced P x K batches, and the camera-aware stream of cluster-contrast.
 
-Both follow the original code's rules (``../shared/spec/recipes.md`` §2 and §3) but draw from numpy generators
+Both follow the original code's rules (``docs/recipes.md`` §2 and §3) but draw from numpy generators
 seeded by (seed, epoch), so every process of a distributed run, and a resumed run, computes the same batches.
 
 Example:

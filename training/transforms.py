@@ -1,4 +1,4 @@
-"""Image transforms of the ReID scripts (``../shared/spec/recipes.md`` §2 and §3).
+"""Image transforms of the ReID scripts (``docs/recipes.md`` §2 and §3).
 
 Train: bicubic resize, horizontal flip 0.5, pad 10 + random crop, normalise with mean = std = 0.5, random
 erasing with p 0.5 in one of the two originals' ways (``erasing``):

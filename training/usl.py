@@ -20,25 +20,21 @@ test-split evaluation (its card says so).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from accelerate.utils import broadcast_object_list
 from torch.utils.data import DataLoader, Dataset
 
 if __package__ in (None, ""):  # run as a script: make the repository's `training` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import pass_hub
-from pass_hub.evaluation import extract_features, preprocessing_transform
 from training import recipes, runtime
-from training.cluster_contrast import ClusterMemory, center_per_camera, cluster_centroids, cluster_pseudo_labels
+from training.cluster_contrast_training import ClusterContrastTrainer
 from training.data import SeededTransformDataset
-from training.optim import describe_reid_optimizer, reid_optimizer, set_hyperparameters
+from training.optim import describe_reid_optimizer
 from training.reid import (
     PublishedWeights,
     add_evaluation_arguments,
@@ -48,12 +44,12 @@ from training.reid import (
     finish_run,
     load_data_spec,
     load_start,
-    sync_buffers,
 )
+from training.reid_start import load_usl_start
 from training.samplers import CameraAwareSampler, PKBatchSampler
-from training.schedules import step_schedule
 from training.transforms import reid_train_transform
 
+UPDATES = {"hardest": "the hardest member of each cluster in a batch", "every_instance": "every member of a batch"}
 LOGGED = ("loss", "lr", "clusters", "outlier_fraction", "label_ari", "mAP", "rank1", "images_per_second")
 
 
@@ -99,42 +95,20 @@ class PseudoLabelled(Dataset):
         return {"image": self.split[int(self.indices[index])]["image"], "label": int(self.labels[index])}
 
 
-def embed_split(model, split, args: argparse.Namespace, accelerator) -> torch.Tensor:
-    """(N, 2D) L2-normalised test-time features of ``split``, on every process (each embeds a shard)."""
-    sync_buffers(accelerator, model)
-    model = accelerator.unwrap_model(model)
-    # The feature the run trains and tests (--reid_feature); eval mode: BatchNorm uses its running statistics.
-    embedder = pass_hub.load_reid_model(model, feature="evaluation")
-    try:
-        features = extract_features(
-            embedder, split, preprocessing_transform(embedder.preprocessing), batch_size=args.eval_batch_size,
-            num_workers=args.num_workers, accelerator=accelerator, description="clustering features",
-        )
-    finally:
-        model.train()
-    return features.features
-
-
-def make_clusters(model, split, memory: ClusterMemory, epoch: int, args, accelerator) -> dict[str, float]:
-    """Cluster ``split`` on the main process, give every process the labels and centroids; returns statistics."""
-    features = embed_split(model, split, args, accelerator)
-    payload: list[Any] = [None]
-    if accelerator.is_main_process:
-        clustered = center_per_camera(features, split["camid"]) if args.camera_centering else features
-        labels = cluster_pseudo_labels(clustered, eps=args.eps, min_samples=args.min_samples, k1=args.k1, k2=args.k2,
-                                       jaccard=args.jaccard)
-        payload = [(labels, cluster_centroids(features, labels))]
-    labels, centroids = broadcast_object_list(payload)[0]
-    clusters, outliers = int(labels.max(initial=-1)) + 1, float(np.mean(labels < 0))
+def make_clusters(trainer: ClusterContrastTrainer, split, epoch: int, args) -> dict[str, float]:
+    """Embed and cluster ``split`` for ``epoch`` (every process gets the labels and centroids); statistics."""
+    features = trainer.extract_cluster_features(split, batch_size=args.eval_batch_size, num_workers=args.num_workers)
+    clustering = trainer.cluster(features, split["camid"], epoch=epoch)
+    labels, clusters = clustering.pseudo_labels, clustering.num_clusters
+    outliers = float(np.mean(labels < 0))
     found = (f"epoch {epoch}: DBSCAN (--eps {args.eps}, --min_samples {args.min_samples}) found {clusters} "
              f"cluster(s) among {len(labels)} images ({100 * outliers:.0f}% outliers)")
     hint = "raise --eps or lower --min_samples" if outliers > 0.5 else "lower --eps"
     if clusters < 2:  # one cluster: the loss is 0 whatever the features
         raise SystemExit(f"{found}; cluster-contrast needs 2 or more: {hint}")
     if clusters < args.global_batch_size // args.num_instances:
-        accelerator.print(f"{found}, fewer than --global_batch_size / --num_instances: this epoch's batches hold only "
-                          f"{clusters} x {args.num_instances} images (to avoid it: {hint})")
-    memory.reset(centroids, labels, epoch)
+        trainer.accelerator.print(f"{found}, fewer than --global_batch_size / --num_instances: this epoch's batches "
+                                  f"hold only {clusters} x {args.num_instances} images (to avoid it: {hint})")
     statistics = {"clusters": float(clusters), "outlier_fraction": outliers}
     pids = np.asarray(split["pid"])
     if (pids >= 0).all():  # the split has identities: report how well the clusters match them (never trained on)
@@ -187,27 +161,19 @@ def main(argv: list[str] | None = None) -> dict:
     with accelerator.main_process_first():
         data, train = load_data(args)
     runtime.per_process_batch(args, accelerator)  # refuses a batch that does not split over the processes
-    start, model = load_start(args, 0, accelerator)  # cluster-contrast learns no identity classifier
+    start, model = load_start(args, 0, accelerator, read=load_usl_start)  # cluster-contrast learns no classifier
     source = args.source_dataset or (read_source_dataset(args.init) if start.fine_tuned else None)
     setting = "UDA" if start.fine_tuned or args.source_dataset else "USL"
-    # Parameters without a gradient would stall DDP: the necks are only used for after_neck.
-    if args.reid_feature == "before_neck":
-        for neck in model.neck_modules():
-            neck.requires_grad_(False)
-    optimizer = reid_optimizer(model, args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-                               momentum=args.momentum)
-    memory = ClusterMemory(model.config.embedding_size, args.temperature, args.memory_momentum)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    memory.to(accelerator.device)
+    trainer = ClusterContrastTrainer.build(args.settings, model, accelerator)
+    model = trainer.model
     state = runtime.TrainingState()
     weights = PublishedWeights(output_dir / "published", args.publish)
-    accelerator.register_for_checkpointing(state, weights, memory)
+    accelerator.register_for_checkpointing(state, weights, trainer.cluster_memory)
 
     steps_per_epoch = args.iters_per_epoch
     epoch_steps = [steps_per_epoch] * args.epochs
     schedule_length = args.epochs * steps_per_epoch
     total_steps = schedule_length if args.max_steps is None else min(schedule_length, args.max_steps)
-    lr_schedule = step_schedule(args.lr, schedule_length, args.lr_step_epochs * steps_per_epoch)
     global_batch = args.global_batch_size
 
     checkpointer, resumed = runtime.resume_and_track(accelerator, args, "pass_usl")
@@ -224,26 +190,20 @@ def main(argv: list[str] | None = None) -> dict:
     while not monitor.finished:
         epoch = state.step // steps_per_epoch
         # A run resumed mid-epoch finds this epoch's clusters in its checkpoint (the model has moved on since).
-        statistics = {} if int(memory.epoch) == epoch else make_clusters(model, train, memory, epoch, args, accelerator)
+        memory = trainer.cluster_memory
+        statistics = {} if int(memory.epoch) == epoch else make_clusters(trainer, train, epoch, args)
         loader, dataset, sampler = pseudo_labelled_loader(train, memory.labels.cpu().numpy(), epoch, args,
                                                           accelerator)
         for _, batch in monitor.batches(loader, epoch_steps, dataset, sampler):
             step = state.step
-            with accelerator.accumulate(model):
-                embeddings = model(batch["pixel_values"]).embeddings
-                loss = memory(embeddings, batch["label"])
-                if not math.isfinite(loss.item()):
-                    raise SystemExit(f"loss is {loss.item()} at step {step}; stopping (lower --lr?)")
-                set_hyperparameters(optimizer, float(lr_schedule[step]))
-                accelerator.backward(loss)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                # Every process applies the update of the whole global batch: the memories stay identical.
-                memory.update(accelerator.gather(embeddings.detach()), accelerator.gather(batch["label"]))
-                step_means.add(loss=loss)
+            try:
+                outcome = trainer.step(batch["pixel_values"], batch["label"], epoch)
+            except FloatingPointError as err:
+                raise SystemExit(f"{err} (step {step}); stopping (lower --lr?)") from None
+            step_means.add(loss=outcome.loss)
             if not accelerator.sync_gradients:
                 continue
-            values = {"epoch": epoch, **step_means.pop(accelerator), "lr": float(lr_schedule[step]), **statistics}
+            values = {"epoch": epoch, **step_means.pop(accelerator), "lr": trainer.learning_rate(epoch), **statistics}
             statistics = {}
             end_of_epoch = (step + 1) % steps_per_epoch == 0
             if args.eval_every and end_of_epoch and (epoch + 1) % args.eval_every == 0 and step + 1 < total_steps:
@@ -272,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     return finish_run(args, accelerator, model, data, weights, results, started=started,
                       base_model=start.base_model,
                       describe=lambda results: card_text(args, results, setting, source),
-                      checked=[*accelerator.unwrap_model(model).buffers(), *memory.buffers()])
+                      checked=[*accelerator.unwrap_model(model).buffers(), *trainer.cluster_memory.buffers()])
 
 
 def card_text(args: argparse.Namespace, results: dict[str, Any], setting: str, source: str | None) -> dict[str, Any]:
@@ -311,8 +271,9 @@ def card_text(args: argparse.Namespace, results: dict[str, Any], setting: str, s
         + (", minus the mean feature of its camera" if args.camera_centering else "")
         + (f" ({int(last['clusters'])} clusters, {100 * last['outlier_fraction']:.0f}% outliers at the last "
            "clustering)" if last else "")
-        + f"; cluster-contrast loss (temperature {args.temperature}) against a centroid memory with hardest-"
-        f"instance updates (momentum {args.memory_momentum}); {sampler}, global batch {results['global_batch']}; "
+        + f"; cluster-contrast loss (temperature {args.temperature}) against a centroid memory updated by "
+        f"{UPDATES[args.memory_update]} (momentum {args.memory_momentum}); {sampler}, global batch "
+        f"{results['global_batch']}; "
         f"{describe_reid_optimizer(args)}, x0.1 every {args.lr_step_epochs} epochs; input {args.image_size[0]}x"
         f"{args.image_size[1]}, flip / pad-crop / {args.random_erasing.replace('_', '-')} random erasing, "
         f"mean = std = 0.5, {args.test_resize} test resize; drop path {args.drop_path_rate}; seed {args.seed}."
