@@ -359,7 +359,7 @@ def original_finetuning_groups(
 
 
 def original_finetuning_lr(base: float, peak: float, t: int, epochs: int, warmup: int) -> float:
-    """docs/recipes.md, disagreement 1: epoch t (0-based) of a group peaking at ``peak``; start 0.01b and floor 0.002b."""
+    """docs/recipes.md, disagreement 1: epoch t (0-based) of a group peaking at ``peak``; start 0.01b, floor 0.002b."""
     if t < warmup:
         return 0.01 * base + t * (peak - 0.01 * base) / warmup
     return 0.002 * base + 0.5 * (peak - 0.002 * base) * (1 + math.cos(math.pi * t / epochs))
@@ -434,7 +434,7 @@ class ReferenceClusterContrast(nn.Module):
 
 
 def original_cluster_contrast_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.SGD:
-    """docs/recipes.md section 3, optimizer: one SGD group per trainable tensor, the same lr and weight decay for all."""
+    """docs/recipes.md section 3, optimiser: one SGD group per trainable tensor, one lr and weight decay for all."""
     params = [{"params": [value]} for _, value in model.named_parameters() if value.requires_grad]
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
 
@@ -450,10 +450,11 @@ def reference_cluster_contrast_step(
     model: ReferenceClusterContrast, optimizer: torch.optim.Optimizer, memory: torch.Tensor, images: torch.Tensor,
     labels: torch.Tensor, lr: float, temperature: float = 0.05, momentum: float = 0.2, hard: bool = True,
 ) -> float:
-    """One iteration of the original cluster-contrast training (docs/recipes.md section 3, memory): train mode, fp32, the
-    epoch's lr on every group, logits of the normalised output against the memory / temperature, cross-entropy,
-    backward, the memory update (``hard``: per cluster its member with the lowest cosine to the centroid, clusters in
-    order of first appearance; else every member in batch order), SGD step. ``memory`` changes in place."""
+    """One iteration of the original cluster-contrast training (docs/recipes.md section 3, memory): train mode,
+    fp32, the epoch's lr on every group, logits of the normalised output against the memory / temperature,
+    cross-entropy, backward, the memory update (``hard``: per cluster its member with the lowest cosine to the
+    centroid, clusters in order of first appearance; else every member in batch order), SGD step. ``memory`` changes
+    in place."""
     model.train()
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -481,8 +482,9 @@ def reference_cluster_contrast_step(
 
 
 def reference_cluster_contrast_jaccard(features: np.ndarray, k1: int, k2: int) -> np.ndarray:
-    """docs/docs/recipes.md section 3, "Jaccard distance", as plain loops over float64 features taken as they are: neighbours ranked by
-    squared Euclidean distance (faiss IndexFlatL2), weights softmax(-(2 - 2 f_i.f_j)) over the expanded set."""
+    """docs/recipes.md section 3, "Jaccard distance", as plain loops over float64 features taken as they are:
+    neighbours ranked by squared Euclidean distance (faiss IndexFlatL2), weights softmax(-(2 - 2 f_i.f_j)) over the
+    expanded set."""
     n = len(features)
     squared = (features**2).sum(axis=1)
     ranked = np.argsort(squared[:, None] + squared[None, :] - 2 * features @ features.T, axis=1, kind="stable")

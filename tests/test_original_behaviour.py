@@ -29,7 +29,8 @@ from training.transforms import ClusterContrastErasing
 
 
 def test_fine_tuning_lr_at_named_epochs():
-    # docs/recipes.md, disagreement 1: base b, biases peak at 2b; start 0.01b and floor 0.002b shared; 120 epochs, 20 warm-up.
+    # docs/recipes.md, disagreement 1: base b, biases peak at 2b; start 0.01b and floor 0.002b shared; 120 epochs,
+    # 20 warm-up.
     settings = RECIPES["finetune"]["market_vit_small_256"].settings
     model = torch.nn.Linear(4, 2)
     optimizer = reid_optimizer(model, "sgd", lr=settings.lr, weight_decay=1e-4, bias_lr_factor=2.0)
