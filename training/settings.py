@@ -101,6 +101,7 @@ def add_settings_flags(
         help_text = info["help"]
         if shown is not None:
             help_text += f" [{shown_name}: {_shown(getattr(shown, item.name))}]"
+        help_text = help_text.replace("%", "%%")  # argparse %-formats help: a "40%" would break --help
         if flag_type.boolean:
             group.add_argument(f"--{item.name}", dest=item.name, action="store_const", const=True,
                                default=argparse.SUPPRESS, help=help_text)
