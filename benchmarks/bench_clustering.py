@@ -53,7 +53,7 @@ def cluster_ours(features: np.ndarray) -> np.ndarray:
     import torch
 
     from pass_hub.reranking import jaccard_neighbours
-    from training.cluster_contrast import dbscan_labels
+    from training.cluster_contrast.clustering import dbscan_labels
 
     graph = jaccard_neighbours(torch.from_numpy(features), SETTINGS["eps"], k1=SETTINGS["k1"], k2=SETTINGS["k2"],
                                convention="cluster_contrast", normalize=False)
@@ -82,7 +82,7 @@ def run_side(side: str, features_path: str, labels_path: str, original: str | No
 
         faiss_rerank = OriginalCheckout(original).cluster_contrast.faiss_rerank
     else:
-        import training.cluster_contrast  # noqa: F401
+        import training.cluster_contrast.clustering  # noqa: F401
     before = peak_rss_mb()
     started = time.perf_counter()
     labels = cluster_ours(features) if side == "pass-hub" else cluster_original(features, faiss_rerank)

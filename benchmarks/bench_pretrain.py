@@ -1,6 +1,6 @@
 """One PASS pre-training step: the batched implementation against a straightforward per-stripe one, in one run.
 
-Batched (training/pass_pretraining.py): both global views in one backbone pass, all 9 local views in one pass,
+Batched (training/pretraining/networks.py): both global views in one backbone pass, all 9 local views in one pass,
 each of the four heads applied once to its stacked outputs. Straightforward: the same math with one backbone
 pass per stripe (3 local passes) and one head call per view and token type. Both include the teacher's
 no-grad forward, the loss, backward and the AdamW step; they are timed in interleaved rounds.
@@ -19,9 +19,9 @@ import time
 import torch
 
 from pass_hub.backbone import PRESETS, PassVisionTransformer
-from training.heads import PartAwareHeads
-from training.losses import part_aware_dino_loss
-from training.pass_pretraining import PartAwareDINO, StudentOutputs
+from training.pretraining.heads import PartAwareHeads
+from training.pretraining.losses import part_aware_dino_loss
+from training.pretraining.networks import PartAwareDINO, StudentOutputs
 
 STRIPES, CROPS = 3, 3
 

@@ -69,7 +69,7 @@ from training import (  # noqa: E402
     load_usl_start,
     to_original_layout,
 )
-from training.recipes import RECIPES  # noqa: E402
+from training.engine.recipes import RECIPES  # noqa: E402
 
 PRETRAINING_SCRIPT = "PASS/script/vit-s_full_lup-pass.sh"
 # Pre-training: one original step at epoch 9 (the checkpoint), then epochs 10 and 11 at the peak lr; the prototype

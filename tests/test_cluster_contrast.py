@@ -10,14 +10,8 @@ import torch.nn.functional as F
 from sklearn.cluster import DBSCAN
 
 from pass_hub.reranking import jaccard_distance, jaccard_neighbours
-from training.cluster_contrast import (
-    ClusterMemory,
-    center_per_camera,
-    cluster_centroids,
-    cluster_contrast_loss,
-    cluster_pseudo_labels,
-    hardest_instance_update,
-)
+from training.cluster_contrast.clustering import center_per_camera, cluster_centroids, cluster_pseudo_labels
+from training.cluster_contrast.memory import ClusterMemory, cluster_contrast_loss, hardest_instance_update
 
 
 def blobs(seed: int, sizes: list[int], outliers: int, dim: int = 32, noise: float = 0.15):

@@ -24,8 +24,8 @@ from sklearn.metrics import adjusted_rand_score
 
 import pass_hub
 from training import ClusterContrastTrainer, load_usl_start
-from training.cluster_contrast import cluster_centroids
-from training.recipes import RECIPES
+from training.cluster_contrast.clustering import cluster_centroids
+from training.engine.recipes import RECIPES
 
 DIM, DEPTH, HEADS, SIZE = 64, 2, 2, (64, 32)
 # recipe -> (multi_neck, fusion) of the original model it trains

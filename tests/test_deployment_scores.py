@@ -248,7 +248,7 @@ def test_eval_cli_prints_thresholds_and_draws_calibration(tmp_path, capsys):
 def test_weights_chosen_on_the_test_split_are_calibrated_themselves(tmp_path):
     from accelerate import Accelerator
 
-    from training.reid import PublishedWeights, publish
+    from training.engine.reid import PublishedWeights, publish
 
     data = generate_synthperson(SynthPersonConfig(train_ids=2, test_ids=5, distractors=2, unlabelled=0,
                                                   image_size=(64, 32)), progress=False)

@@ -11,10 +11,10 @@ from accelerate.data_loader import BatchSamplerShard
 from PIL import Image
 from reference_pass import reference_triplet
 
-from training.losses import batch_hard_triplet_loss, euclidean_distances
-from training.optim import bias_lr_groups, reid_optimizer, set_hyperparameters
-from training.samplers import PKBatchSampler
-from training.transforms import reid_test_transform, reid_train_transform
+from training.engine.optim import bias_lr_groups, reid_optimizer, set_hyperparameters
+from training.engine.samplers import PKBatchSampler
+from training.engine.transforms import reid_test_transform, reid_train_transform
+from training.finetuning.losses import batch_hard_triplet_loss, euclidean_distances
 
 LABELS = [0] * 10 + [1] * 3 + [2] * 1 + [3] * 8 + [4] * 4 + [5] * 6 + [6] * 2
 

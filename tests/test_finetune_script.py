@@ -19,9 +19,9 @@ from transformers import AutoImageProcessor, AutoModel
 import pass_hub
 from pass_hub.data import load_dataset_spec, relabel_pids
 from training import push
-from training.recipes import RECIPES
-from training.reid_start import load_finetuning_start
-from training.samplers import PKBatchSampler
+from training.engine.recipes import RECIPES
+from training.engine.reid_start import load_finetuning_start
+from training.engine.samplers import PKBatchSampler
 
 SCRIPT = ROOT / "training" / "finetune.py"
 TOY_DATA = "synthetic:train_ids=6,test_ids=4,distractors=3,unlabelled=0,image_size=64x32"

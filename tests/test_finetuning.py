@@ -20,7 +20,7 @@ from reference_pass import (
 from script_runs import ROOT, run_script
 
 from training import ReidFinetuner, load_finetuning_start
-from training.recipes import RECIPES
+from training.engine.recipes import RECIPES
 
 NUM_IDS, WIDTH, HEADS = 4, 64, 2
 # The paper's ViT-S recipe (SGD, biases at 2x, per-epoch warm-up + cosine) on a 2-block, 64-wide, 2-head ViT at

@@ -44,8 +44,8 @@ def test_every_pass_hub_command_prints_its_help(command, capsys):
 
 
 def test_a_percent_sign_in_a_setting_help_is_printed_as_it_is():
-    from training.recipes import ClusterContrastSettings
-    from training.settings import add_settings_flags
+    from training.engine.recipes import ClusterContrastSettings
+    from training.engine.settings import add_settings_flags
 
     parser = argparse.ArgumentParser()
     add_settings_flags(parser, ClusterContrastSettings)

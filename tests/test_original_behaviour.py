@@ -19,13 +19,14 @@ from reference_pass import reference_cluster_contrast_jaccard
 import pass_hub
 from pass_hub.backbone import PassVisionTransformer, original_pretraining_pos_embed
 from pass_hub.reranking import jaccard_distance
-from training.finetuning import learning_rate_table
-from training.optim import reid_optimizer
-from training.pass_pretraining import PretrainSchedules, init_tokens_as_original
-from training.recipes import RECIPES
-from training.reid import PublishedWeights
-from training.samplers import CameraAwareSampler
-from training.transforms import ClusterContrastErasing
+from training.engine.optim import reid_optimizer
+from training.engine.recipes import RECIPES
+from training.engine.reid import PublishedWeights
+from training.engine.samplers import CameraAwareSampler
+from training.engine.transforms import ClusterContrastErasing
+from training.finetuning.step import learning_rate_table
+from training.pretraining.networks import init_tokens_as_original
+from training.pretraining.step import PretrainSchedules
 
 
 def test_fine_tuning_lr_at_named_epochs():

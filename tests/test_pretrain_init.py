@@ -22,15 +22,16 @@ from reference_pass import (
 from script_runs import ROOT, run_script
 from transformers import AutoModel
 
-from training.optim import clip_gradients_per_tensor
-from training.pass_pretraining import PassPretrainer, PretrainSchedules, gradients_as_original_tensors, new_networks
-from training.pretraining_checkpoints import (
+from training.engine.optim import clip_gradients_per_tensor
+from training.engine.recipes import RECIPES
+from training.pretraining.checkpoints import (
     centers_to_original,
     load_pretraining_start,
     original_checkpoint,
     to_original_layout,
 )
-from training.recipes import RECIPES
+from training.pretraining.networks import gradients_as_original_tensors, new_networks
+from training.pretraining.step import PassPretrainer, PretrainSchedules
 
 BATCH, OUT, HIDDEN, BOTTLENECK = 2, 64, 32, 16
 # The paper's ViT-S recipe on a ViT-tiny at 64x32 (locals 32x16): every original behaviour, CPU-sized. A clipping

@@ -12,9 +12,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pass_hub.backbone import PassVisionTransformer
-from training.data import SeededTransformDataset, sample_seed
-from training.heads import DINOHead, PartAwareHeads
-from training.losses import (
+from training.engine.data import SeededTransformDataset, sample_seed
+from training.engine.optim import clip_gradients_per_tensor, ema_update, set_hyperparameters, weight_decay_groups
+from training.engine.schedules import cosine_schedule, step_schedule, warmup_then_constant
+from training.pretraining.heads import DINOHead, PartAwareHeads
+from training.pretraining.losses import (
     centered_teacher_targets,
     part_aware_cross_entropy,
     part_aware_dino_loss,
@@ -22,10 +24,8 @@ from training.losses import (
     teacher_collapse_stats,
     updated_centers,
 )
-from training.optim import clip_gradients_per_tensor, ema_update, set_hyperparameters, weight_decay_groups
-from training.pass_pretraining import PartAwareDINO
-from training.schedules import cosine_schedule, step_schedule, warmup_then_constant
-from training.views import PassViews, ViewConfig, stripe_bounds
+from training.pretraining.networks import PartAwareDINO
+from training.pretraining.views import PassViews, ViewConfig, stripe_bounds
 
 
 def reference_loss(teacher_global, student_global, local_cls, local_part, centers, stripes, crops, st, tt):

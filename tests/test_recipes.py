@@ -2,7 +2,7 @@
 ``--print_config`` prints it, and the command-line rules (overrides are reported, bad values refused).
 
 The expected values below are written out from docs/recipes.md (sections 1-3 and the table of recipe names), not
-read from training/recipes.py.
+read from training/engine/recipes.py.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from accelerate import Accelerator
 
-from training import finetune, pretrain, reid, usl
-from training.recipes import RECIPES
+from training import finetune, pretrain, usl
+from training.engine import reid
+from training.engine.recipes import RECIPES
 
 PRETRAIN_VIT_S = {
     "data": "image_folder", "image_size": [256, 128], "local_image_size": [128, 64], "global_crop_scale": [0.4, 1.0],

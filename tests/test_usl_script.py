@@ -17,7 +17,7 @@ from script_runs import ROOT, run_script, two_processes
 import pass_hub
 from pass_hub.model_card import reid_card_data, render_model_card
 from training import push, usl
-from training.reid_start import load_finetuning_start
+from training.engine.reid_start import load_finetuning_start
 
 SCRIPT = ROOT / "training" / "usl.py"
 TOY_DATA = "synthetic:train_ids=8,test_ids=4,distractors=3,unlabelled=0,image_size=64x32"

@@ -6,11 +6,11 @@ Example:
     >>> from training import PassPretrainer, ReidFinetuner, ClusterContrastTrainer, load_usl_start
 """
 
-from .cluster_contrast_training import ClusterContrastOutcome, ClusterContrastTrainer, Clustering
-from .finetuning import FinetuneOutcome, ReidFinetuner
-from .pass_pretraining import PassPretrainer
-from .pretraining_checkpoints import centers_to_original, load_pretraining_start, to_original_layout
-from .reid_start import ReidStart, load_finetuning_start, load_usl_start
+from training.cluster_contrast.step import ClusterContrastOutcome, ClusterContrastTrainer, Clustering
+from training.engine.reid_start import ReidStart, load_finetuning_start, load_usl_start
+from training.finetuning.step import FinetuneOutcome, ReidFinetuner
+from training.pretraining.checkpoints import centers_to_original, load_pretraining_start, to_original_layout
+from training.pretraining.step import PassPretrainer
 
 __all__ = [
     "ClusterContrastOutcome",

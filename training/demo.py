@@ -33,11 +33,12 @@ if __package__ in (None, ""):  # run as a script: make the repository's `trainin
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pass_hub.atomic import write_json_atomic, write_text_atomic
-from training import finetune, pretrain, reid
+from training import finetune, pretrain
+from training.engine import reid
 
 SCRIPTS = Path(__file__).resolve().parent
 PRESET = "pass_vit_tiny"
-# Every stage runs the scripts' cpu_demo recipe (training/recipes.py), sized so that the whole demo stays well
+# Every stage runs the scripts' cpu_demo recipe (training/engine/recipes.py), sized so that the whole demo stays well
 # under 30 minutes on 2 cores.
 RECIPE = ["--recipe", "cpu_demo"]
 TOY_DATA = "synthetic:train_ids=8,test_ids=4,cameras=3,distractors=4,unlabelled=48,image_size=128x64"

@@ -27,11 +27,10 @@ from torch.utils.data import DataLoader
 if __package__ in (None, ""):  # run as a script: make the repository's `training` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training import recipes, runtime
-from training.data import SeededTransformDataset
-from training.finetuning import ReidFinetuner
-from training.optim import describe_reid_optimizer
-from training.reid import (
+from training.engine import recipes, runtime
+from training.engine.data import SeededTransformDataset
+from training.engine.optim import describe_reid_optimizer
+from training.engine.reid import (
     PublishedWeights,
     add_evaluation_arguments,
     add_init_arguments,
@@ -41,8 +40,9 @@ from training.reid import (
     load_data_spec,
     load_start,
 )
-from training.samplers import PKBatchSampler
-from training.transforms import reid_train_transform
+from training.engine.samplers import PKBatchSampler
+from training.engine.transforms import reid_train_transform
+from training.finetuning.step import ReidFinetuner
 
 LOGGED = ("loss", "cross_entropy", "triplet", "lr", "mAP", "rank1", "images_per_second")
 

@@ -29,13 +29,13 @@ from pass_hub.atomic import write_json_atomic
 from pass_hub.backbone import PassVisionTransformer
 from pass_hub.evaluation import evaluate_model
 from pass_hub.model_card import render_model_card, results_table
-from training import recipes, runtime
-from training.data import SeededTransformDataset, dataset_spec
-from training.losses import teacher_collapse_stats
-from training.pass_pretraining import NUM_STRIPES, PassPretrainer
-from training.pretraining_checkpoints import PretrainingStart, load_pretraining_start
-from training.settings import positive_int
-from training.views import PassViews, ViewConfig
+from training.engine import recipes, runtime
+from training.engine.data import SeededTransformDataset, dataset_spec
+from training.engine.settings import positive_int
+from training.pretraining.checkpoints import PretrainingStart, load_pretraining_start
+from training.pretraining.losses import teacher_collapse_stats
+from training.pretraining.step import NUM_STRIPES, PassPretrainer
+from training.pretraining.views import PassViews, ViewConfig
 
 MODEL_FOLDER = "pass-vit-pretrained"
 TARGETS_TEXT = {"ema": "centering with an EMA center (the paper)", "sinkhorn_knopp": "Sinkhorn-Knopp (DINOv2)"}

@@ -31,11 +31,11 @@ from torch.utils.data import DataLoader, Dataset
 if __package__ in (None, ""):  # run as a script: make the repository's `training` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training import recipes, runtime
-from training.cluster_contrast_training import ClusterContrastTrainer
-from training.data import SeededTransformDataset
-from training.optim import describe_reid_optimizer
-from training.reid import (
+from training.cluster_contrast.step import ClusterContrastTrainer
+from training.engine import recipes, runtime
+from training.engine.data import SeededTransformDataset
+from training.engine.optim import describe_reid_optimizer
+from training.engine.reid import (
     PublishedWeights,
     add_evaluation_arguments,
     add_init_arguments,
@@ -45,9 +45,9 @@ from training.reid import (
     load_data_spec,
     load_start,
 )
-from training.reid_start import load_usl_start
-from training.samplers import CameraAwareSampler, PKBatchSampler
-from training.transforms import reid_train_transform
+from training.engine.reid_start import load_usl_start
+from training.engine.samplers import CameraAwareSampler, PKBatchSampler
+from training.engine.transforms import reid_train_transform
 
 UPDATES = {"hardest": "the hardest member of each cluster in a batch", "every_instance": "every member of a batch"}
 LOGGED = ("loss", "lr", "clusters", "outlier_fraction", "label_ari", "mAP", "rank1", "images_per_second")

@@ -35,7 +35,7 @@ CHECKPOINT_PREFIX = "step_"
 
 def add_run_arguments(parser: argparse.ArgumentParser, *, default_output_dir: str) -> None:
     """Flags every training script takes that say where and how a run executes, not what it is (checkpoints,
-    logging, workers, accumulation); what it is comes from ``--recipe`` (:mod:`training.recipes`)."""
+    logging, workers, accumulation); what it is comes from ``--recipe`` (:mod:`training.engine.recipes`)."""
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", default=default_output_dir, help="run directory (checkpoints, logs, model)")
     run.add_argument("--max_steps", type=int, default=None,

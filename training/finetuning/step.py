@@ -12,8 +12,8 @@ backward and the SGD step. The parameter groups are those of ``solver/make_optim
 Example:
     >>> import dataclasses
     >>> from accelerate import Accelerator
-    >>> from training.recipes import RECIPES
-    >>> from training.reid_start import load_finetuning_start
+    >>> from training.engine.recipes import RECIPES
+    >>> from training.engine.reid_start import load_finetuning_start
     >>> settings = dataclasses.replace(RECIPES["finetune"]["market_vit_small_256"].settings,
     ...                                image_size=(64, 32), preset="embed_dim=64,depth=1,num_heads=1")
     >>> start = load_finetuning_start(settings.preset)
@@ -32,15 +32,13 @@ import torch
 from accelerate import Accelerator
 
 from pass_hub.convert import reid_model_to_original
-
-from .losses import batch_hard_triplet_loss
-from .optim import reid_optimizer, set_hyperparameters
-from .schedules import warmup_cosine_per_epoch
+from training.engine.optim import reid_optimizer, set_hyperparameters
+from training.engine.schedules import warmup_cosine_per_epoch
+from training.finetuning.losses import batch_hard_triplet_loss
 
 if TYPE_CHECKING:
     import pass_hub
-
-    from .recipes import FinetuneSettings
+    from training.engine.recipes import FinetuneSettings
 
 
 class FinetuneOutcome(NamedTuple):
@@ -70,7 +68,7 @@ class ReidFinetuner:
     """The ReID model, its optimiser and learning-rate table, and :meth:`step` (module docstring).
 
     Args:
-        settings: The run's settings (``training.recipes.FinetuneSettings``).
+        settings: The run's settings (``training.engine.recipes.FinetuneSettings``).
         model: The ``PassViTForReID`` (prepared by ``accelerator``).
         optimizer: Its optimiser (prepared).
         accelerator: The run's accelerator.

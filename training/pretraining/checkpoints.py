@@ -46,11 +46,11 @@ from pass_hub.convert import (
     original_backbone_pieces,
     split_as_original,
 )
-
-from .pass_pretraining import CentersState, PartAwareDINO, new_network
+from training.pretraining.networks import PartAwareDINO, new_network
+from training.pretraining.step import CentersState
 
 if TYPE_CHECKING:
-    from .recipes import PretrainSettings
+    from training.engine.recipes import PretrainSettings
 
 WEIGHT_NORM = {"original0": "weight_g", "original1": "weight_v"}
 NORMED = "last_layer.parametrizations.weight."
@@ -360,7 +360,7 @@ def _backbone_shapes(original: Mapping[str, torch.Tensor], source: str) -> dict[
 
 def _probe_settings(architecture: dict[str, Any]) -> Any:
     """Just enough settings to build a network of ``architecture`` (no token init: weights come from the source)."""
-    from .recipes import RECIPES
+    from training.engine.recipes import RECIPES
 
     base = RECIPES["pretrain"]["cpu_demo"].settings
     fields = {k: v for k, v in architecture.items() if k != "trained_size"}

@@ -17,7 +17,7 @@ necks and classifier are kept only when the run's identities and head layout are
 model, trained further); otherwise the backbone is kept and the head starts fresh, as the original does.
 
 Example:
-    >>> from training.recipes import RECIPES
+    >>> from training.engine.recipes import RECIPES
     >>> settings = RECIPES["finetune"]["cpu_demo"].settings
     >>> start = load_finetuning_start("pass_vit_tiny")  # a preset: random init
     >>> model = start.model(settings, num_labels=10)
@@ -45,9 +45,8 @@ from pass_hub.convert import (
     reid_head_layout,
 )
 from pass_hub.timm_models import checkpoint_filter_fn
-
-from .recipes import FROM_INIT
-from .transforms import REID_MEAN, REID_STD
+from training.engine.recipes import FROM_INIT
+from training.engine.transforms import REID_MEAN, REID_STD
 
 # PassViTConfig values that describe the backbone's weights (everything else comes from the run's settings).
 BACKBONE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio", "qkv_bias", "patch_size",

@@ -18,8 +18,8 @@ necks), or L2-normalised as a whole (its single neck; and any feature pass-hub a
 Example:
     >>> import dataclasses
     >>> from accelerate import Accelerator
-    >>> from training.recipes import RECIPES
-    >>> from training.reid_start import load_usl_start
+    >>> from training.engine.recipes import RECIPES
+    >>> from training.engine.reid_start import load_usl_start
     >>> settings = dataclasses.replace(RECIPES["usl"]["market_usl_vit_small"].settings, image_size=(64, 32),
     ...                                preset="embed_dim=64,depth=1,num_heads=1", eps=0.7, min_samples=2, k1=4, k2=2)
     >>> start = load_usl_start(settings.preset)
@@ -49,18 +49,17 @@ from pass_hub.convert import reid_model_to_original
 from pass_hub.evaluation import extract_features, preprocessing_transform
 from pass_hub.inference import Preprocessing
 from pass_hub.reranking import jaccard_neighbours
-
-from .cluster_contrast import ClusterMemory, center_per_camera, cluster_centroids, dbscan_labels
-from .optim import reid_optimizer, set_hyperparameters
-from .reid import sync_buffers
-from .schedules import step_schedule
+from training.cluster_contrast.clustering import center_per_camera, cluster_centroids, dbscan_labels
+from training.cluster_contrast.memory import ClusterMemory
+from training.engine.optim import reid_optimizer, set_hyperparameters
+from training.engine.reid import sync_buffers
+from training.engine.schedules import step_schedule
 
 if TYPE_CHECKING:
     import scipy.sparse
 
     import pass_hub
-
-    from .recipes import ClusterContrastSettings
+    from training.engine.recipes import ClusterContrastSettings
 
 
 class Clustering(NamedTuple):
@@ -111,7 +110,7 @@ class ClusterContrastTrainer:
     docstring).
 
     Args:
-        settings: The run's settings (``training.recipes.ClusterContrastSettings``).
+        settings: The run's settings (``training.engine.recipes.ClusterContrastSettings``).
         model: The ``PassViTForReID`` (prepared by ``accelerator``), without a classifier.
         optimizer: Its optimiser (prepared).
         cluster_memory: The centroid memory (on the accelerator's device).

@@ -3,7 +3,7 @@
 A training script declares what a run *is* (model, data, optimisation, schedule) as a frozen dataclass whose
 fields are made with :func:`setting`, which records the help text and the flag group. :func:`add_settings_flags`
 gives every field a flag; :func:`given_settings` reads back only the flags typed on the command line, so that a
-recipe (:mod:`training.recipes`) can supply every other value and the explicit ones can be reported as overrides.
+recipe (:mod:`training.engine.recipes`) can supply every other value and the explicit ones can be reported as overrides.
 Flags that say *where* a run lives (output folder, workers, checkpoints) are plain argparse flags and are not
 settings.
 

@@ -23,10 +23,10 @@ from pass_hub.atomic import write_json_atomic
 from pass_hub.calibration import Calibration, draw_calibration
 from pass_hub.evaluation import evaluate_model, save_rank_lists
 from pass_hub.model_card import deployment_section, reid_card_data, render_model_card, results_table
-from training import runtime
-from training.data import dataset_spec
-from training.reid_start import ReidStart, load_finetuning_start
-from training.settings import positive_int
+from training.engine import runtime
+from training.engine.data import dataset_spec
+from training.engine.reid_start import ReidStart, load_finetuning_start
+from training.engine.settings import positive_int
 
 MODEL_FOLDER = "pass-vit-reid"
 
@@ -46,7 +46,7 @@ def load_start(
     read: Callable[..., ReidStart] = load_finetuning_start,
 ) -> tuple[ReidStart, pass_hub.PassViTForReID]:
     """What ``--init`` names, read by ``read`` (``load_finetuning_start`` or ``load_usl_start``), and the run's
-    model on it (:class:`training.reid_start.ReidStart`). The source's
+    model on it (:class:`training.engine.reid_start.ReidStart`). The source's
     architecture, and for a ReID model with the run's ``num_labels`` identities its head layout, become the run's
     settings (reported as overridden by ``--init``); a source that is not the recipe's backbone, a missing file or
     weights that do not fit end the run in one line naming ``--init``."""

@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pass_hub.backbone import PRESETS, backbone_architecture
-
-from .settings import add_settings_flags, given_settings, setting, setting_names, settings_as_json
+from training.engine.settings import add_settings_flags, given_settings, setting, setting_names, settings_as_json
 
 DEFAULT_RECIPE = "cpu_demo"
 PRECISIONS = ("no", "fp16", "bf16")

@@ -25,7 +25,7 @@ class SeededTransformDataset(Dataset):
 
     Args:
         dataset: Items are mappings (e.g. a ``datasets.Dataset``) holding a PIL image under ``image_column``.
-        transform: Maps the image to a dict of tensors (e.g. :class:`training.views.PassViews`) or a tensor.
+        transform: Maps the image to a dict of tensors (e.g. :class:`training.pretraining.views.PassViews`) or a tensor.
         seed: Run seed.
         keep_columns: Other columns copied into each item (e.g. ``("label",)``).
 

@@ -99,7 +99,7 @@ class PassViews:
 
     Returns a dict with ``global_views`` (2, 3, H, W) and ``local_views`` (S*C, 3, h, w), the local views ordered
     stripe by stripe (rows [k*C:(k+1)*C] come from stripe k). Randomness comes from torch's global RNG, so a
-    caller that seeds it per sample (see :class:`training.data.SeededViews`) gets reproducible views.
+    caller that seeds it per sample (see :class:`training.engine.data.SeededTransformDataset`) gets reproducible views.
     """
 
     def __init__(self, config: ViewConfig = ViewConfig()) -> None:
