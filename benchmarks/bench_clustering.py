@@ -52,7 +52,7 @@ def peak_rss_mb() -> float:
 def cluster_ours(features: np.ndarray) -> np.ndarray:
     import torch
 
-    from pass_hub.reranking import jaccard_neighbours
+    from pass_hub.evaluation.reranking import jaccard_neighbours
     from training.cluster_contrast.clustering import dbscan_labels
 
     graph = jaccard_neighbours(torch.from_numpy(features), SETTINGS["eps"], k1=SETTINGS["k1"], k2=SETTINGS["k2"],

@@ -55,7 +55,7 @@ def make_split(scale: str, seed: int = 0) -> dict[str, np.ndarray]:
 
 def run_case(case: str) -> dict[str, float]:
     """Time one case in this process; returns seconds, peak RSS in GB and the mAP (a sanity check)."""
-    from pass_hub.metrics import evaluate_reid, pairwise_distance
+    from pass_hub.evaluation.metrics import evaluate_reid, pairwise_distance
 
     method, _, scale = case.rpartition("-")
     split = make_split(scale)

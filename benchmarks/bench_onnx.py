@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 import pass_hub
-from pass_hub.inference import load_dataset_split
-from pass_hub.metrics import evaluate_reid
+from pass_hub.deployment.images import load_dataset_split
+from pass_hub.evaluation.metrics import evaluate_reid
 
 DEMO_MODEL = Path("outputs/demo/finetune-pass/pass-vit-reid")
 PYTORCH = "PyTorch float32"

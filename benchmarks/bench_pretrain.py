@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from pass_hub.backbone import PRESETS, PassVisionTransformer
+from pass_hub.models.backbone import PRESETS, PassVisionTransformer
 from training.pretraining.heads import PartAwareHeads
 from training.pretraining.losses import part_aware_dino_loss
 from training.pretraining.networks import PartAwareDINO, StudentOutputs

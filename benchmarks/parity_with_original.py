@@ -57,8 +57,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from original_code import OriginalCheckout, Wrapped, as_on_one_gpu, faiss_on_cpu  # noqa: E402
 
-from pass_hub.convert import original_reid_pieces  # noqa: E402
-from pass_hub.reranking import jaccard_distance  # noqa: E402
+from pass_hub.evaluation.reranking import jaccard_distance  # noqa: E402
+from pass_hub.models.convert import original_reid_pieces  # noqa: E402
 from training import (  # noqa: E402
     ClusterContrastTrainer,
     PassPretrainer,

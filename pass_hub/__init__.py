@@ -9,18 +9,24 @@ Example:
     ['pass_vit_base', 'pass_vit_small', 'pass_vit_tiny']
 """
 
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+
 from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel
 
-from . import timm_models
-from .backbone import PassVisionTransformer, pool_parts
-from .configuration_pass_vit import PassViTConfig
-from .convert import convert_checkpoint, extract_weights, load_checkpoint_file
-from .export import OnnxReIDModel, export_onnx
-from .gallery import GalleryIndex
-from .hub import save_hub_folder
-from .image_processing_pass_vit import PassViTImageProcessor, PassViTImageProcessorPil, image_processor_for
-from .inference import ImageEmbeddings, ReIDEmbedder, embed, embed_files, load_reid_model
-from .modeling_pass_vit import (
+from .deployment.embedder import ReIDEmbedder, load_reid_model
+from .deployment.embedding import ImageEmbeddings, embed, embed_files
+from .deployment.export import OnnxReIDModel, export_onnx
+from .deployment.gallery import GalleryIndex
+from .models import timm_models
+from .models.backbone import PassVisionTransformer, pool_parts
+from .models.configuration_pass_vit import PassViTConfig
+from .models.convert import convert_checkpoint, extract_weights, load_checkpoint_file
+from .models.hub import save_hub_folder
+from .models.image_processing_pass_vit import PassViTImageProcessor, PassViTImageProcessorPil, image_processor_for
+from .models.modeling_pass_vit import (
     PassViTBackbone,
     PassViTForReID,
     PassViTModel,
@@ -39,6 +45,61 @@ AutoImageProcessor.register(
 )
 
 __version__ = "0.1.0"
+
+# Modules that moved into the groups (models/, evaluation/, deployment/, pictures/): their old paths stay
+# importable (``import pass_hub.metrics``, ``from pass_hub.inference import embed``) and name the same module.
+MOVED_MODULES = {
+    "backbone": "models.backbone",
+    "configuration_pass_vit": "models.configuration_pass_vit",
+    "modeling_pass_vit": "models.modeling_pass_vit",
+    "image_processing_pass_vit": "models.image_processing_pass_vit",
+    "timm_models": "models.timm_models",
+    "convert": "models.convert",
+    "hub": "models.hub",
+    "model_card": "models.model_card",
+    "metrics": "evaluation.metrics",
+    "distances": "evaluation.distances",
+    "reranking": "evaluation.reranking",
+    "calibration": "evaluation.calibration",
+    "inference": "deployment",
+    "export": "deployment.export",
+    "gallery": "deployment.gallery",
+    "deployment_cli": "deployment.cli",
+    "visualize": "pictures.visualize",
+    "part_attention": "pictures.part_attention",
+}
+
+
+class _MovedModuleLoader(importlib.abc.Loader):
+    def __init__(self, module):
+        self.module = module
+
+    def create_module(self, spec):
+        return self.module
+
+    def exec_module(self, module) -> None:
+        pass  # already executed under its new name
+
+
+class _MovedModuleFinder(importlib.abc.MetaPathFinder):
+    """Resolves ``pass_hub.<old>`` to the module now at ``pass_hub.<new>`` (``MOVED_MODULES``)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        package, _, name = fullname.partition(".")
+        if package != __name__ or name not in MOVED_MODULES:
+            return None
+        module = importlib.import_module(f"{__name__}.{MOVED_MODULES[name]}")
+        return importlib.util.spec_from_loader(fullname, _MovedModuleLoader(module))
+
+
+sys.meta_path.append(_MovedModuleFinder())
+
+
+def __getattr__(name: str):
+    if name in MOVED_MODULES:  # ``pass_hub.metrics.evaluate_reid`` without importing pass_hub.metrics first
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "GalleryIndex",
     "ImageEmbeddings",

@@ -11,12 +11,12 @@ import sys
 from collections.abc import Sequence
 
 from .data.cli import add_synth_command
-from .deployment_cli import add_deployment_commands
-from .inference import FEATURE_CHOICES
+from .deployment.cli import add_deployment_commands
+from .deployment.embedder import FEATURE_CHOICES
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .convert import convert_checkpoint
+    from .models.convert import convert_checkpoint
 
     out = convert_checkpoint(args.src, args.out, arch=args.arch, num_heads=args.num_heads, overwrite=args.overwrite)
     print(f"wrote {out} (loads with AutoModel.from_pretrained and timm.create_model('local-dir:{out}'))")
@@ -25,10 +25,10 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from .atomic import write_json_atomic
-    from .calibration import draw_calibration
     from .data import load_dataset_spec
-    from .evaluation import evaluate_model, save_rank_lists
-    from .inference import load_reid_model
+    from .deployment.embedder import load_reid_model
+    from .evaluation.calibration import draw_calibration
+    from .evaluation.protocol import evaluate_model, save_rank_lists
 
     # First: a wrong --model fails before the data loads.
     model = load_reid_model(args.model, device=args.device, feature=args.feature)

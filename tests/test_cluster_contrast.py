@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import DBSCAN
 
-from pass_hub.reranking import jaccard_distance, jaccard_neighbours
+from pass_hub.evaluation.reranking import jaccard_distance, jaccard_neighbours
 from training.cluster_contrast.clustering import center_per_camera, cluster_centroids, cluster_pseudo_labels
 from training.cluster_contrast.memory import ClusterMemory, cluster_contrast_loss, hardest_instance_update
 

@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 import pass_hub
 from pass_hub.cli import main as cli_main
-from pass_hub.convert import extract_weights, infer_backbone_args, load_checkpoint_file
+from pass_hub.models.convert import extract_weights, infer_backbone_args, load_checkpoint_file
 
 TOL = 1e-5
 

@@ -12,14 +12,15 @@ import torch
 from PIL import Image
 
 import pass_hub
-from pass_hub.calibration import FPR_TARGETS, calibrate, draw_calibration
 from pass_hub.cli import main
 from pass_hub.data import SynthPersonConfig, generate_synthperson
-from pass_hub.evaluation import evaluate_model, extract_features, preprocessing_transform
-from pass_hub.export import INT8_MIN_COSINE, OnnxReIDModel, export_onnx
-from pass_hub.gallery import GalleryIndex
-from pass_hub.inference import ImageList, load_reid_model
-from pass_hub.model_card import deployment_section
+from pass_hub.deployment.embedder import load_reid_model
+from pass_hub.deployment.export import INT8_MIN_COSINE, OnnxReIDModel, export_onnx
+from pass_hub.deployment.gallery import GalleryIndex
+from pass_hub.deployment.images import ImageList
+from pass_hub.evaluation.calibration import FPR_TARGETS, calibrate, draw_calibration
+from pass_hub.evaluation.protocol import evaluate_model, extract_features, preprocessing_transform
+from pass_hub.models.model_card import deployment_section
 
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2)
 

@@ -11,8 +11,8 @@ from PIL import Image
 import pass_hub
 from pass_hub.cli import main as cli_main
 from pass_hub.data import SynthPersonConfig, generate_synthperson
-from pass_hub.evaluation import evaluate_model, extract_features, pixel_transform, save_rank_lists
-from pass_hub.metrics import evaluate_reid
+from pass_hub.evaluation.metrics import evaluate_reid
+from pass_hub.evaluation.protocol import evaluate_model, extract_features, pixel_transform, save_rank_lists
 
 SPEC = "synthetic:train_ids=2,test_ids=4,distractors=3,unlabelled=0,image_size=64x32"
 

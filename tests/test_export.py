@@ -14,8 +14,8 @@ from PIL import Image
 
 import pass_hub
 from pass_hub.cli import main
-from pass_hub.export import DEFAULT_OPSET, PARITY_TOLERANCE, OnnxReIDModel, check_onnx_parity, export_onnx
-from pass_hub.inference import load_reid_model
+from pass_hub.deployment.embedder import load_reid_model
+from pass_hub.deployment.export import DEFAULT_OPSET, PARITY_TOLERANCE, OnnxReIDModel, check_onnx_parity, export_onnx
 
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2)
 

@@ -14,10 +14,13 @@ from datasets import Dataset
 from PIL import Image
 
 import pass_hub
+from pass_hub.atomic import atomic_file
 from pass_hub.cli import main
 from pass_hub.data import REID_FEATURES, SkippedFilesWarning
-from pass_hub.gallery import GalleryIndex
-from pass_hub.inference import ImageEmbeddings, atomic_file, list_image_paths, load_reid_model
+from pass_hub.deployment.embedder import load_reid_model
+from pass_hub.deployment.embedding import ImageEmbeddings
+from pass_hub.deployment.gallery import GalleryIndex
+from pass_hub.deployment.images import list_image_paths
 
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2)
 

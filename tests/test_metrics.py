@@ -7,7 +7,7 @@ import pytest
 import torch
 from reference_reid import classic_evaluate
 
-from pass_hub.metrics import (
+from pass_hub.evaluation.metrics import (
     EVALUATE_METRIC_PATH,
     evaluate_distance_matrix,
     evaluate_reid,

@@ -12,8 +12,8 @@ from reference_pass import ReferencePassViT
 from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, pipeline
 
 import pass_hub
-from pass_hub.backbone import pool_parts
-from pass_hub.convert import extract_weights
+from pass_hub.models.backbone import pool_parts
+from pass_hub.models.convert import extract_weights
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from accelerate import Accelerator
 from reference_pass import reference_cluster_contrast_jaccard
 
 import pass_hub
-from pass_hub.backbone import PassVisionTransformer, original_pretraining_pos_embed
-from pass_hub.reranking import jaccard_distance
+from pass_hub.evaluation.reranking import jaccard_distance
+from pass_hub.models.backbone import PassVisionTransformer, original_pretraining_pos_embed
 from training.engine.optim import reid_optimizer
 from training.engine.recipes import RECIPES
 from training.engine.reid import PublishedWeights

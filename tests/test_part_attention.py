@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 import pass_hub
-from pass_hub.part_attention import draw_part_attention, part_attention_maps, vertical_centres
+from pass_hub.pictures.part_attention import draw_part_attention, part_attention_maps, vertical_centres
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pass_hub.backbone import PassVisionTransformer
+from pass_hub.models.backbone import PassVisionTransformer
 from training.engine.data import SeededTransformDataset, sample_seed
 from training.engine.optim import clip_gradients_per_tensor, ema_update, set_hyperparameters, weight_decay_groups
 from training.engine.schedules import cosine_schedule, step_schedule, warmup_then_constant

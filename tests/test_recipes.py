@@ -168,13 +168,22 @@ def test_a_recipe_that_needs_data_says_so(tmp_path):
         reid.load_start(finetune.parse_args(["--recipe", "market_vit_small_256"]), 10, Accelerator(cpu=True))
 
 
-def test_the_readme_table_lists_every_recipe_with_its_original_and_command():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    start = readme.index("| recipe | original script |")
-    table = readme[start:readme.index("\n\n", start)]  # the table ends at the first blank line
+def _table(path: Path, header: str) -> list[str]:
+    text = path.read_text()
+    start = text.index(header)
+    return text[start:text.index("\n\n", start)].splitlines()  # the table ends at the first blank line
+
+
+def test_the_recipe_tables_list_every_recipe_with_its_original_and_command():
+    root = Path(__file__).resolve().parent.parent
+    readme = _table(root / "README.md", "| recipe | original script |")
+    commands = _table(root / "docs" / "recipes.md", "| recipe | original script | command (your paths) |")
     for recipes in RECIPES.values():
         for name, recipe in recipes.items():
             if name == "cpu_demo":
                 continue
-            row = next(line for line in table.splitlines() if line.startswith(f"| `{name}` |"))
+            row = next(line for line in commands if line.startswith(f"| `{name}` |"))
             assert f"`{recipe.original}`" in row and recipe.command("") in row, name
+            processes = recipe.launch.split()[-1] if recipe.launch else "1"
+            row = next(line for line in readme if line.startswith(f"| `{name}` |"))
+            assert row == f"| `{name}` | `{recipe.original}` | {processes} |", name

@@ -7,8 +7,8 @@ import pytest
 import torch
 from reference_reid import dense_jaccard, dense_rerank, k_reciprocal_vectors
 
-from pass_hub.metrics import evaluate_distance_matrix, evaluate_reid, pairwise_distance
-from pass_hub.reranking import KReciprocalReranker, jaccard_distance
+from pass_hub.evaluation.metrics import evaluate_distance_matrix, evaluate_reid, pairwise_distance
+from pass_hub.evaluation.reranking import KReciprocalReranker, jaccard_distance
 
 
 def make_features(seed: int, num: int, dim: int = 8) -> np.ndarray:

@@ -10,7 +10,7 @@ from timm.data import resolve_data_config
 from transformers import AutoModel
 
 import pass_hub
-from pass_hub.backbone import pool_parts
+from pass_hub.models.backbone import pool_parts
 
 TINY = dict(embed_dim=64, depth=2, num_heads=2)
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from script_runs import ROOT, run_script, two_processes
 
 import pass_hub
-from pass_hub.model_card import reid_card_data, render_model_card
+from pass_hub.models.model_card import reid_card_data, render_model_card
 from training import push, usl
 from training.engine.reid_start import load_finetuning_start
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pass_hub.visualize import MATCH_COLOR, NON_MATCH_COLOR, QUERY_COLOR, draw_rank_list, select_queries
+from pass_hub.pictures.visualize import MATCH_COLOR, NON_MATCH_COLOR, QUERY_COLOR, draw_rank_list, select_queries
 
 
 def person(seed: int, size: tuple[int, int] = (48, 96)) -> Image.Image:

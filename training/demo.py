@@ -175,7 +175,7 @@ def run_stage(stage: Stage, index: int, total: int, force: bool) -> None:
 
 def attention_summary(stages: dict[str, Stage], output_dir: Path, gallery: Dataset) -> dict[str, list[float]]:
     """Part-attention pictures of both pre-trained backbones on a few test images, and their mean centre rows."""
-    from pass_hub.part_attention import draw_part_attention, part_attention_maps, token_names, vertical_centres
+    from pass_hub.pictures.part_attention import draw_part_attention, part_attention_maps, token_names, vertical_centres
 
     step = max(1, len(gallery) // ATTENTION_IMAGES)
     images = [gallery[i]["image"] for i in range(0, step * ATTENTION_IMAGES, step)[:len(gallery)]]

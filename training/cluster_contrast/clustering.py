@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pass_hub.reranking import jaccard_neighbours
+from pass_hub.evaluation.reranking import jaccard_neighbours
 
 
 def cluster_pseudo_labels(

@@ -45,10 +45,10 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from torch import nn
 
-from pass_hub.convert import reid_model_to_original
-from pass_hub.evaluation import extract_features, preprocessing_transform
-from pass_hub.inference import Preprocessing
-from pass_hub.reranking import jaccard_neighbours
+from pass_hub.deployment.preprocessing import Preprocessing
+from pass_hub.evaluation.protocol import extract_features, preprocessing_transform
+from pass_hub.evaluation.reranking import jaccard_neighbours
+from pass_hub.models.convert import reid_model_to_original
 from training.cluster_contrast.clustering import center_per_camera, cluster_centroids, dbscan_labels
 from training.cluster_contrast.memory import ClusterMemory
 from training.engine.optim import reid_optimizer, set_hyperparameters

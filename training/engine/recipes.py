@@ -29,7 +29,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pass_hub.backbone import PRESETS, backbone_architecture
+from pass_hub.models.backbone import PRESETS, backbone_architecture
 from training.engine.settings import add_settings_flags, given_settings, setting, setting_names, settings_as_json
 
 DEFAULT_RECIPE = "cpu_demo"

@@ -20,9 +20,9 @@ from accelerate.utils import broadcast
 
 import pass_hub
 from pass_hub.atomic import write_json_atomic
-from pass_hub.calibration import Calibration, draw_calibration
-from pass_hub.evaluation import evaluate_model, save_rank_lists
-from pass_hub.model_card import deployment_section, reid_card_data, render_model_card, results_table
+from pass_hub.evaluation.calibration import Calibration, draw_calibration
+from pass_hub.evaluation.protocol import evaluate_model, save_rank_lists
+from pass_hub.models.model_card import deployment_section, reid_card_data, render_model_card, results_table
 from training.engine import runtime
 from training.engine.data import dataset_spec
 from training.engine.reid_start import ReidStart, load_finetuning_start

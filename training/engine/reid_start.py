@@ -35,8 +35,8 @@ from typing import Any
 import torch
 
 import pass_hub
-from pass_hub.backbone import architecture_name, backbone_architecture
-from pass_hub.convert import (
+from pass_hub.models.backbone import architecture_name, backbone_architecture
+from pass_hub.models.convert import (
     ExtractedWeights,
     check_state_dict,
     extract_weights,
@@ -44,7 +44,7 @@ from pass_hub.convert import (
     load_checkpoint_file,
     reid_head_layout,
 )
-from pass_hub.timm_models import checkpoint_filter_fn
+from pass_hub.models.timm_models import checkpoint_filter_fn
 from training.engine.recipes import FROM_INIT
 from training.engine.transforms import REID_MEAN, REID_STD
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 from torchvision.transforms import v2
 
-from pass_hub.evaluation import pixel_transform
+from pass_hub.evaluation.protocol import pixel_transform
 
 REID_MEAN = (0.5, 0.5, 0.5)
 REID_STD = (0.5, 0.5, 0.5)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from pass_hub.convert import reid_model_to_original
+from pass_hub.models.convert import reid_model_to_original
 from training.engine.optim import reid_optimizer, set_hyperparameters
 from training.engine.schedules import warmup_cosine_per_epoch
 from training.finetuning.losses import batch_hard_triplet_loss

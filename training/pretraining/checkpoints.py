@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pass_hub.backbone import PRESETS, architecture_name
-from pass_hub.convert import (
+from pass_hub.models.backbone import PRESETS, architecture_name
+from pass_hub.models.convert import (
     check_state_dict,
     extract_weights,
     infer_backbone_args,

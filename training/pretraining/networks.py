@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import nn
 
-from pass_hub.backbone import PassVisionTransformer, backbone_architecture
-from pass_hub.convert import split_as_original
+from pass_hub.models.backbone import PassVisionTransformer, backbone_architecture
+from pass_hub.models.convert import split_as_original
 from training.pretraining.heads import PartAwareHeads
 
 if TYPE_CHECKING:

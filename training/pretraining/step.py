@@ -112,7 +112,7 @@ class PassPretrainer:
 
     A test drives it without a script (``tests/test_pretrain_init.py`` does exactly this)::
 
-        start = load_pretraining_start("checkpoint.pth")       # training.pretraining_checkpoints
+        start = load_pretraining_start("checkpoint.pth")       # training.pretraining.checkpoints
         settings = start.settings_for(settings)                 # the checkpoint's architecture
         student, teacher, centers = start.networks(settings)
         trainer = PassPretrainer.build(settings, steps_per_epoch, Accelerator(cpu=True),

@@ -14,7 +14,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .calibration import Calibration
+from ..evaluation.calibration import Calibration
 from .configuration_pass_vit import PassViTConfig
 
 KIND_DESCRIPTIONS = {
@@ -28,11 +28,11 @@ REID_METRICS = {"mAP": "mAP", "rank1": "Rank-1", "rank5": "Rank-5", "mINP": "mIN
 
 def template_path(name: str = "pass_vit.md") -> Path:
     """A card template: shipped inside the package when installed, at the repository top in a checkout."""
-    here = Path(__file__).resolve().parent
-    for folder in (here / "model_cards", here.parent / "model_cards"):
+    package = Path(__file__).resolve().parent.parent  # pass_hub/
+    for folder in (package / "model_cards", package.parent / "model_cards"):
         if (folder / name).is_file():
             return folder / name
-    raise FileNotFoundError(f"model card template {name!r} not found next to {here}")
+    raise FileNotFoundError(f"model card template {name!r} not found in {package} or beside it")
 
 
 def count_parameters(config: PassViTConfig) -> str:
@@ -165,7 +165,7 @@ def deployment_section(calibration: Calibration, dataset: str, picture: str | No
     ``dataset`` (:func:`pass_hub.calibration.calibrate`), with the calibration picture when given.
 
     Example:
-        >>> from pass_hub.calibration import Calibration, OperatingPoint
+        >>> from pass_hub.evaluation.calibration import Calibration, OperatingPoint
         >>> point = OperatingPoint(target_fpr=0.01, threshold=0.41, tpr=0.9, fpr=0.0099, resolved=True)
         >>> text = deployment_section(Calibration([point], 10, 1000, {}, {}, 0.0, [], [], [], "after_neck"),
         ...                           "market1501")

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .atomic import atomic_file
-from .backbone import PassVisionTransformer
-from .evaluation import preprocessing_transform
-from .inference import ReIDEmbedder, load_reid_model
-from .modeling_pass_vit import PassViTForReID, PassViTModel
+from ..atomic import atomic_file
+from ..deployment.embedder import ReIDEmbedder, load_reid_model
+from ..evaluation.protocol import preprocessing_transform
+from ..models.backbone import PassVisionTransformer
+from ..models.modeling_pass_vit import PassViTForReID, PassViTModel
 
 BACKGROUND = (255, 255, 255)
 TEXT_COLOR = (0, 0, 0)

@@ -23,7 +23,7 @@ from huggingface_hub import ModelCard
 from transformers import PreTrainedModel
 from transformers.image_processing_utils import BaseImageProcessor
 
-from .atomic import atomic_directory
+from ..atomic import atomic_directory
 from .image_processing_pass_vit import image_processor_for
 
 

@@ -32,7 +32,7 @@ Market-1501 scale (N = 19,281) ~19 s and 1.4 GB peak RSS; MSMT17 scale (N = 93,8
 
 Example:
     >>> import torch
-    >>> from pass_hub.reranking import KReciprocalReranker
+    >>> from pass_hub.evaluation.reranking import KReciprocalReranker
     >>> query, gallery = torch.randn(5, 32), torch.randn(40, 32)
     >>> KReciprocalReranker(query, gallery, k1=6, k2=3).distances().shape  # dense (Q, G)
     torch.Size([5, 40])

@@ -42,8 +42,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import atomic_file
-from .inference import Preprocessing, ReIDEmbedder, embedding_metadata, load_reid_model
+from ..atomic import atomic_file
+from .embedder import ReIDEmbedder, load_reid_model
+from .preprocessing import Preprocessing, embedding_metadata
 
 DEFAULT_OPSET = 23
 INPUT_NAME = "pixel_values"

@@ -26,18 +26,10 @@ from typing import NamedTuple
 
 import torch
 
-from .atomic import atomic_file
-from .backbone import l2_normalize
-from .inference import (
-    ImageEmbeddings,
-    ImageInput,
-    ImageList,
-    ModelSpec,
-    embed_files,
-    list_image_paths,
-    read_image,
-    resolve_embedder,
-)
+from ..atomic import atomic_file
+from ..models.backbone import l2_normalize
+from .embedding import ImageEmbeddings, ModelSpec, embed_files, resolve_embedder
+from .images import ImageInput, ImageList, list_image_paths, read_image
 
 INDEX_SUFFIX = ".safetensors"
 
@@ -222,7 +214,7 @@ def draw_matches(
         index: The searched index; its names must be readable image files.
         result: What :meth:`GalleryIndex.search` returned for ``queries``.
     """
-    from .visualize import draw_rank_list, stack_pictures
+    from ..pictures.visualize import draw_rank_list, stack_pictures
 
     rows, _ = result.indices.shape
     if rows != len(queries):

@@ -29,9 +29,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from .backbone import l2_normalize
+from ..deployment.embedder import ReIDEmbedder, load_reid_model
+from ..deployment.preprocessing import Preprocessing
+from ..models.backbone import l2_normalize
 from .calibration import calibrate
-from .inference import Preprocessing, ReIDEmbedder, load_reid_model
 from .metrics import evaluate_reid
 
 
@@ -233,8 +234,8 @@ def save_rank_lists(
     similarities a search would show (the calibrated feature's, when ``results`` hold a calibration), else those of
     the evaluated feature, or the re-ranked distances when ``results`` were re-ranked.
     """
-    from .atomic import atomic_file
-    from .visualize import draw_rank_list, select_queries, stack_pictures
+    from ..atomic import atomic_file
+    from ..pictures.visualize import draw_rank_list, select_queries, stack_pictures
 
     if "per_query_ap" not in results:
         raise ValueError("rank lists need per-query results: evaluate with return_per_query=True")

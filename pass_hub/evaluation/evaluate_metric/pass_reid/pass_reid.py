@@ -3,7 +3,7 @@
 Loads offline from the installed package:
 
     >>> import evaluate
-    >>> from pass_hub.metrics import EVALUATE_METRIC_PATH
+    >>> from pass_hub.evaluation.metrics import EVALUATE_METRIC_PATH
     >>> metric = evaluate.load(str(EVALUATE_METRIC_PATH))  # doctest: +SKIP
 
 Each example is one image: its feature vector, identity, camera and whether it is a query (else gallery).
@@ -16,7 +16,7 @@ import datasets
 import evaluate
 import numpy as np
 
-from pass_hub.metrics import evaluate_reid
+from pass_hub.evaluation.metrics import evaluate_reid
 
 _DESCRIPTION = """
 Person re-identification retrieval metrics under the Market-1501 protocol: for each query, gallery images of

@@ -25,7 +25,7 @@ clearly before, and only the few items sharing a histogram bin with a true match
 
 Example:
     >>> import torch
-    >>> from pass_hub.metrics import evaluate_reid
+    >>> from pass_hub.evaluation.metrics import evaluate_reid
     >>> gallery = torch.randn(100, 64)
     >>> gallery_pids, gallery_camids = torch.arange(100) % 20, torch.arange(100) % 3
     >>> query = gallery[:10] + 0.1 * torch.randn(10, 64)

@@ -193,7 +193,7 @@ def draw_calibration(calibration: Calibration, path: str | Path, title: str = ""
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from .atomic import atomic_file
+    from ..atomic import atomic_file
 
     edges = np.asarray(calibration.bin_edges)
     positive = np.asarray(calibration.positive_counts, dtype=float)

@@ -16,11 +16,11 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from .embedder import FEATURE_CHOICES
 from .export import DEFAULT_OPSET, QUANTIZATIONS
-from .inference import FEATURE_CHOICES
 
 if TYPE_CHECKING:
-    from .inference import Embedder
+    from .embedding import Embedder
 
 MODEL_HELP = (
     "pass-hub folder, hub id (org/name), timm name (pass_vit_small), or original PASS checkpoint (.pth); "
@@ -50,7 +50,8 @@ def _image_size(text: str) -> tuple[int, int]:
 
 
 def _model(args: argparse.Namespace) -> Embedder:
-    from .inference import load_reid_model, resolve_embedder
+    from .embedder import load_reid_model
+    from .embedding import resolve_embedder
 
     if getattr(args, "raw", False):
         if args.model.endswith(".onnx"):
@@ -101,7 +102,8 @@ def _export_onnx(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from .inference import ImageEmbeddings, embed_files, list_image_paths, load_dataset_split
+    from .embedding import ImageEmbeddings, embed_files
+    from .images import list_image_paths, load_dataset_split
 
     if bool(args.images) == bool(args.dataset):
         raise ValueError("give IMAGES (files, folders, globs) or --dataset SPEC, not both and not neither")
@@ -120,8 +122,9 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
+    from .embedding import embed_files
     from .gallery import GalleryIndex, draw_matches
-    from .inference import embed_files, list_image_paths
+    from .images import list_image_paths
 
     gallery, query = list_image_paths(args.gallery), list_image_paths(args.query)  # fail before loading the model
     embedder = _model(args)
