@@ -163,3 +163,20 @@ def test_push_uploads_a_checked_folder(toy_run, tmp_path):
     assert api.return_value.upload_folder.call_args.kwargs["folder_path"] == str(folder)
     (tmp_path / "empty").mkdir()
     assert push.main([str(tmp_path / "empty"), "someone/x"]) == 2
+
+
+@pytest.mark.parametrize("script", ["finetune", "usl"])
+def test_init_at_another_size_trains_and_publishes_at_the_runs_size(tmp_path, script):
+    # A backbone laid out for 64x32 (4x2 patches) starts a run at 96x32 (6x2): resampled once where it is loaded.
+    pass_hub.save_hub_folder(pass_hub.PassViTModel(pass_hub.PassViTConfig.from_preset("tiny", image_size=(64, 32))),
+                             tmp_path / "pre")
+    out = tmp_path / "run"
+    options = ["--k1", "6", "--k2", "2", "--min_samples", "2", "--iters_per_epoch", "1"] if script == "usl" else []
+    result = run_script(ROOT / "training" / f"{script}.py",
+                        [*TOY, "--image_size", "96", "32", "--init", str(tmp_path / "pre"), "--max_steps", "1",
+                         "--output_dir", str(out), *options])
+    assert "its position table resampled from 4x2 to 6x2 patches" in result.stdout
+    model = pass_hub.PassViTForReID.from_pretrained(out / "pass-vit-reid").eval()
+    assert model.config.image_size == (96, 32) and model.pass_vit.vit.pos_embed.shape[1] == 4 + 6 * 2
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 96, 32)).embeddings.shape == (2, 2 * model.config.hidden_size)

@@ -255,3 +255,40 @@ def test_pretrain_continues_an_original_checkpoint_and_a_pass_hub_run(original_r
     result = run_script(SCRIPT, [*TOY, "--init", str(tmp_path / "missing.pth"), "--output_dir",
                                  str(tmp_path / "x")], check=False)
     assert result.returncode != 0 and "no such file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_start_at_another_grid_is_resampled_once_where_it_is_loaded(original_run):
+    # The original checkpoint is laid out for 64x32 inputs (4x2 patches); the run trains at 128x64 (8x4).
+    start = load_pretraining_start(str(original_run[0]))
+    settings = dataclasses.replace(start.settings_for(SETTINGS), image_size=(128, 64), local_image_size=(64, 32))
+    assert start.grid_change(settings) == ("4x2", "8x4") and start.grid_change(start.settings_for(SETTINGS)) is None
+    student, teacher, _ = start.networks(settings)
+    for network, state in ((student, start.student), (teacher, start.teacher)):
+        table = network.backbone.pos_embed
+        assert table.shape[1] == 4 + 8 * 4 and network.backbone.patch_embed.grid_size == (8, 4)
+        assert torch.equal(table[:, :4], state["backbone.pos_embed"][:, :4])  # CLS and PART positions kept
+    with pytest.raises(ValueError, match=r"laid out for 64x32 inputs \(4x2 patches\).*--image_size 64 32.*"
+                                         r"drop --init_optimizer"):
+        start.check_run(settings, init_optimizer=True)
+    start.check_run(settings, init_optimizer=False)
+
+
+def test_pretrain_at_another_size_writes_a_model_of_that_size(original_run, tmp_path):
+    out = tmp_path / "bigger"
+    bigger = ["--image_size", "96", "48"]
+    result = run_script(SCRIPT, [*TOY, *bigger, "--recipe", "pass_vit_small_lup", "--init", str(original_run[0]),
+                                 "--max_steps", "2", "--output_dir", str(out)])
+    assert "its position table resampled from 4x2 to 6x3 patches (--image_size 96 48)" in result.stdout
+    folder = out / "pass-vit-pretrained"
+    model = AutoModel.from_pretrained(folder).eval()
+    assert model.config.image_size == (96, 48) and model.vit.pos_embed.shape[1] == 4 + 6 * 3
+    timm_model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    pixels = torch.randn(2, 3, 96, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(timm_model(pixels), model(pixels).pooler_output, rtol=1e-4, atol=1e-5)
+    # A true resume keeps the checkpoint's grid: refused before the first step, in one line.
+    failed = run_script(SCRIPT, [*TOY, *bigger, "--init", str(original_run[0]), "--init_optimizer",
+                                 "--output_dir", str(tmp_path / "refused")], check=False)
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr
+    assert "resume it at --image_size 64 32, or drop --init_optimizer" in failed.stderr
+    assert not (tmp_path / "refused").exists()

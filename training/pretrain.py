@@ -78,6 +78,10 @@ def load_start(args: argparse.Namespace) -> PretrainingStart | None:
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(str(err) if str(args.init) in str(err) else f"--init {args.init}: {err}") from None
     settings = start.settings_for(args.settings)
+    try:
+        start.check_run(settings, args.init_optimizer)
+    except ValueError as err:
+        raise SystemExit(f"--init {err}") from None
     args.resolved = args.resolved.with_settings(settings, "--init")
     args.settings = settings
     for name, value in vars(settings).items():
@@ -131,6 +135,10 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator, output_dir, started = runtime.start_run(args)
     if start is not None:
         accelerator.print(f"--init {start.describe()}")
+        grid = start.grid_change(args.settings)
+        if grid:
+            accelerator.print(f"--init {start.source}: its position table resampled from {grid[0]} to {grid[1]} "
+                              f"patches (--image_size {args.image_size[0]} {args.image_size[1]})")
 
     with accelerator.main_process_first():
         dataset_dict, images = load_images(args)

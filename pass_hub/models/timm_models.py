@@ -58,17 +58,25 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: PassVisionTransforme
     ``forward_head(pre_logits=True)`` is the ReID embedding.
     """
     backbone = dict(extract_weights(state_dict).backbone)
-    pos_embed = backbone.get("pos_embed")
-    if pos_embed is not None and pos_embed.shape != model.pos_embed.shape:
-        backbone["pos_embed"] = resample_abs_pos_embed(
-            pos_embed,
-            new_size=model.patch_embed.grid_size,
-            old_size=infer_grid(pos_embed.shape[1] - model.num_prefix_tokens),
-            num_prefix_tokens=model.num_prefix_tokens,
-            interpolation=model.pos_embed_interpolation,
-            antialias=False,
-        )
+    if "pos_embed" in backbone:
+        backbone["pos_embed"] = position_table_for(backbone["pos_embed"], model)
     return backbone
+
+
+def position_table_for(pos_embed: torch.Tensor, model: PassVisionTransformer) -> torch.Tensor:
+    """A position table (prefix rows, then a patch grid of height = 2 x width) on ``model``'s patch grid: the
+    prefix rows kept, the patch rows resampled (bilinear, as the original fine-tuning code resizes at load) when
+    the grids differ; unchanged otherwise."""
+    if pos_embed.shape == model.pos_embed.shape:
+        return pos_embed
+    return resample_abs_pos_embed(
+        pos_embed,
+        new_size=model.patch_embed.grid_size,
+        old_size=infer_grid(pos_embed.shape[1] - model.num_prefix_tokens),
+        num_prefix_tokens=model.num_prefix_tokens,
+        interpolation=model.pos_embed_interpolation,
+        antialias=False,
+    )
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:

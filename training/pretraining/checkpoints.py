@@ -46,7 +46,8 @@ from pass_hub.models.convert import (
     original_backbone_pieces,
     split_as_original,
 )
-from training.pretraining.networks import PartAwareDINO, new_network
+from pass_hub.models.timm_models import position_table_for
+from training.pretraining.networks import PATCH_SIZE, PartAwareDINO, new_network
 from training.pretraining.step import CentersState
 
 if TYPE_CHECKING:
@@ -230,12 +231,35 @@ class PretrainingStart:
         """``settings`` with the architecture the weights fix."""
         return dataclasses.replace(settings, **{k: v for k, v in self.architecture.items() if k != "trained_size"})
 
+    def grid_change(self, settings: PretrainSettings) -> tuple[str, str] | None:
+        """(``"16x8"``, ``"24x8"``) when the run's ``image_size`` puts the patches on another grid than the one the
+        source's position table is laid out for; None when they agree."""
+        old = tuple(side // PATCH_SIZE for side in self.architecture["trained_size"])
+        new = tuple(side // PATCH_SIZE for side in settings.image_size)
+        return None if old == new else ("x".join(map(str, old)), "x".join(map(str, new)))
+
+    def check_run(self, settings: PretrainSettings, init_optimizer: bool) -> None:
+        """Raise ``ValueError`` (one line) for a run these weights cannot start: a true resume (the optimizer's
+        state, ``init_optimizer``) at another grid, whose Adam moments of the position table have the old shape."""
+        grid = self.grid_change(settings)
+        if grid and init_optimizer:
+            height, width = self.architecture["trained_size"]
+            raise ValueError(
+                f"{self.source}: its position table is laid out for {height}x{width} inputs ({grid[0]} patches) and "
+                f"its optimizer state with it; resume it at --image_size {height} {width}, or drop --init_optimizer "
+                f"to continue at {settings.image_size[0]}x{settings.image_size[1]} with a new optimizer"
+            )
+
     def networks(self, settings: PretrainSettings) -> tuple[PartAwareDINO, PartAwareDINO, CentersState | None]:
-        """Student, teacher and centers for ``settings`` (see :meth:`settings_for`) with these weights."""
-        size = self.architecture["trained_size"]
-        student = new_network(settings, settings.drop_path_rate, trained_size=size)
-        teacher = new_network(settings, 0.0, trained_size=size)
+        """Student, teacher and centers for ``settings`` (see :meth:`settings_for`) with these weights; a position
+        table laid out for another grid is resampled once to the run's (:meth:`grid_change`), so training,
+        checkpoints and the published model all use the run's grid."""
+        student = new_network(settings, settings.drop_path_rate)
+        teacher = new_network(settings, 0.0)
         for network, state, role in ((student, self.student, "student"), (teacher, self.teacher, "teacher")):
+            state = dict(state)
+            if "backbone.pos_embed" in state:
+                state["backbone.pos_embed"] = position_table_for(state["backbone.pos_embed"], network.backbone)
             if self.heads_loaded:
                 check_state_dict(network.state_dict(), state, f"{self.source} ({role})")
                 network.load_state_dict(state)

@@ -21,6 +21,7 @@ from training.pretraining.heads import PartAwareHeads
 if TYPE_CHECKING:
     from training.engine.recipes import PretrainSettings
 
+PATCH_SIZE = 16  # every PASS model's
 
 
 class StudentOutputs(NamedTuple):
@@ -107,7 +108,7 @@ def new_network(
     """
     backbone = PassVisionTransformer(
         img_size=tuple(trained_size or settings.image_size),
-        patch_size=16,
+        patch_size=PATCH_SIZE,
         num_classes=0,
         dynamic_img_size=True,
         drop_path_rate=drop_path_rate,
