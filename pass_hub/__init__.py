@@ -23,7 +23,7 @@ from .deployment.gallery import GalleryIndex
 from .models import timm_models
 from .models.backbone import PassVisionTransformer, pool_parts
 from .models.configuration_pass_vit import PassViTConfig
-from .models.convert import convert_checkpoint, extract_weights, load_checkpoint_file
+from .models.convert import CheckpointError, convert_checkpoint, extract_weights, load_checkpoint_file
 from .models.hub import save_hub_folder
 from .models.image_processing_pass_vit import PassViTImageProcessor, PassViTImageProcessorPil, image_processor_for
 from .models.modeling_pass_vit import (
@@ -101,6 +101,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
+    "CheckpointError",
     "GalleryIndex",
     "ImageEmbeddings",
     "OnnxReIDModel",

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from .data.cli import add_synth_command
 from .deployment.cli import add_deployment_commands
 from .deployment.embedder import FEATURE_CHOICES
+from .flags import non_negative_int, positive_int
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("src", help="original checkpoint (.pth) or a pass-hub folder / .safetensors")
     convert.add_argument("out", help="output folder")
     convert.add_argument("--arch", help="preset to check against (pass_vit_tiny|small|base); inferred if omitted")
-    convert.add_argument("--num-heads", type=int, help="attention heads when neither --arch nor D/64 is right")
+    convert.add_argument("--num-heads", type=positive_int, help="attention heads when neither --arch nor D/64 is right")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     convert.set_defaults(func=_convert)
     evaluate = commands.add_parser(
@@ -97,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", default="synthetic", help="dataset spec, e.g. market1501:/data/Market-1501")
     evaluate.add_argument("--query-split", default="query")
     evaluate.add_argument("--gallery-split", default="gallery")
-    evaluate.add_argument("--batch-size", type=int, default=64)
-    evaluate.add_argument("--num-workers", type=int, default=2)
+    evaluate.add_argument("--batch-size", type=positive_int, default=64)
+    evaluate.add_argument("--num-workers", type=non_negative_int, default=2)
     evaluate.add_argument("--device", default=None, help="e.g. cuda:0 (default: cpu)")
     evaluate.add_argument("--flip", action="store_true", help="average embeddings of each image and its mirror")
     evaluate.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3)")
@@ -125,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
-        print(f"pass-hub {args.command}: error: {err}", file=sys.stderr)
+        message = " ".join(str(err).split())  # one line, whatever the library wrote
+        print(f"pass-hub {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -194,7 +194,7 @@ def test_cli_convert_and_errors(tmp_path, reference, capsys):
     assert cli_main(["convert", str(src), str(tmp_path / "out"), "--overwrite", "--arch", "pass_vit_tiny"]) == 2
     assert "expects embed_dim=192" in capsys.readouterr().err
     assert cli_main(["convert", str(tmp_path / "nope.pth"), str(tmp_path / "o2")]) == 2
-    assert "not found" in capsys.readouterr().err
+    assert "nope.pth: no such file or folder" in capsys.readouterr().err
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     assert cli_main(["convert", str(tmp_path / "junk.pth"), str(tmp_path / "o3")]) == 2
     assert "junk.pth" in capsys.readouterr().err

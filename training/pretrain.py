@@ -27,11 +27,11 @@ if __package__ in (None, ""):  # run as a script: make the repository's `trainin
 import pass_hub
 from pass_hub.atomic import write_json_atomic
 from pass_hub.evaluation.protocol import evaluate_model
+from pass_hub.flags import positive_int
 from pass_hub.models.backbone import PassVisionTransformer
 from pass_hub.models.model_card import render_model_card, results_table
 from training.engine import recipes, runtime
 from training.engine.data import SeededTransformDataset, dataset_spec
-from training.engine.settings import positive_int
 from training.pretraining.checkpoints import PretrainingStart, load_pretraining_start
 from training.pretraining.losses import teacher_collapse_stats
 from training.pretraining.step import NUM_STRIPES, PassPretrainer

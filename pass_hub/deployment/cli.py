@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from ..flags import positive_int
 from .embedder import FEATURE_CHOICES
 from .export import DEFAULT_OPSET, QUANTIZATIONS
 
@@ -155,7 +156,7 @@ def add_deployment_commands(commands: argparse._SubParsersAction) -> None:
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("model", help=MODEL_HELP)
     running = argparse.ArgumentParser(add_help=False, parents=[model])
-    running.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    running.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
     running.add_argument("--device", help="PyTorch device, e.g. cuda:0 (default: cpu; ignored for .onnx)")
 
     export = commands.add_parser(
@@ -206,7 +207,7 @@ def add_deployment_commands(commands: argparse._SubParsersAction) -> None:
     )
     search.add_argument("--gallery", nargs="+", required=True, help="gallery files, folders or quoted globs")
     search.add_argument("--query", nargs="+", required=True, help="query image files, folders or globs")
-    search.add_argument("--top-k", type=int, default=10, help="matches per query at most (default: 10)")
+    search.add_argument("--top-k", type=positive_int, default=10, help="matches per query at most (default: 10)")
     search.add_argument("--threshold", type=float, metavar="T",
                         help="only matches with a cosine similarity above T (pass-hub eval prints T per FPR)")
     search.add_argument("--index", metavar="DIR_OR_FILE", help="gallery index: a folder or a .safetensors file")

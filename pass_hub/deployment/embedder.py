@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..models.backbone import PASS_POOLS, PassVisionTransformer, l2_normalize
-from ..models.configuration_pass_vit import PassViTConfig
+from ..models.convert import load_pass_hub_folder
 from ..models.modeling_pass_vit import PassViTForReID, PassViTModel, PassViTPreTrainedModel, describe_feature
 from .preprocessing import Preprocessing
 
@@ -141,19 +141,15 @@ class ReIDEmbedder(nn.Module):
 
 def _load_pass_hub_folder(spec: str) -> tuple[PassViTPreTrainedModel, Preprocessing]:
     """A local folder or hub id holding a pass-hub ``config.json``."""
-    from transformers import AutoConfig, AutoImageProcessor
+    from transformers import AutoImageProcessor
 
-    config = AutoConfig.from_pretrained(spec)
-    if not isinstance(config, PassViTConfig):
-        raise ValueError(f"{spec} holds a {config.model_type!r} model, not a PASS ({PassViTConfig.model_type!r}) one")
     # A fine-tuned folder loads as PassViTForReID so that its configured test-time feature is used.
-    model_class = PassViTForReID if "PassViTForReID" in (config.architectures or ()) else PassViTModel
-    model = model_class.from_pretrained(spec, config=config)
+    model = load_pass_hub_folder(spec)
     try:
         processor = AutoImageProcessor.from_pretrained(spec)
-    except OSError:  # no preprocessor_config.json: the config's size and statistics are the truth
-        return model, Preprocessing.from_config(config)
-    return model, Preprocessing.from_image_processor(processor, config.patch_size)
+    except (OSError, ValueError):  # no (readable) preprocessor_config.json: the config's values are the truth
+        return model, Preprocessing.from_config(model.config)
+    return model, Preprocessing.from_image_processor(processor, model.config.patch_size)
 
 
 def _load_timm(name: str, pretrained: bool) -> PassVisionTransformer:

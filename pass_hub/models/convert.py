@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import pickle
 import re
 from collections.abc import Mapping
@@ -94,40 +95,158 @@ class ExtractedWeights:
         return layout
 
 
+class CheckpointError(ValueError):
+    """A model file or folder that cannot be read. The message is one line: the path, what it is not or what is
+    wrong with it, and where it helps what was expected.
+
+    Example:
+        >>> try:
+        ...     load_checkpoint_file(__file__)  # this module's source, not a checkpoint
+        ... except CheckpointError as err:
+        ...     print(str(err).split(": ", 1)[1].split(";")[0])
+        not a PyTorch checkpoint (neither a zip archive nor a pickle
+    """
+
+
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+# How the files torch.save writes begin: a zip archive (torch >= 1.6), or a pickle (the legacy format: protocol 2+).
+ZIP_MAGIC, PICKLE_MAGIC = b"PK\x03\x04", b"\x80"
+
+
+def read_folder_config(folder: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a model folder, parsed; ``CheckpointError`` names it when it is not a JSON object."""
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not a readable JSON config ({_one_line(err)})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(config).__name__}")
+    return config
+
+
+def load_pass_hub_folder(spec: str | Path) -> PassViTModel | PassViTForReID:
+    """The model of a pass-hub folder or cached hub id: a ``PassViTForReID`` when its config lists it, otherwise a
+    ``PassViTModel``.
+
+    Raises:
+        CheckpointError: a local folder whose ``config.json`` is not JSON or not a PASS config, without weights, or
+            whose weights do not fit its config (one line naming the folder). A hub id that is not cached raises
+            transformers' ``OSError``.
+    """
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    from .configuration_pass_vit import PassViTConfig
+    from .modeling_pass_vit import PassViTForReID, PassViTModel
+
+    local = Path(spec).is_dir()
+    if local:
+        read_folder_config(spec)
+        if not any((Path(spec) / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
+            raise CheckpointError(f"{spec}: a config.json without weights (no model.safetensors or pytorch_model.bin)")
+    try:
+        config = AutoConfig.from_pretrained(spec)
+    except (OSError, ValueError, KeyError) as err:
+        if not local:
+            raise
+        raise CheckpointError(f"{spec}: its config.json is not a model config ({_one_line(err)})") from None
+    if not isinstance(config, PassViTConfig):
+        raise CheckpointError(f"{spec} holds a {config.model_type!r} model, not a PASS ({PassViTConfig.model_type!r}) "
+                              "one")
+    model_class = PassViTForReID if "PassViTForReID" in (config.architectures or ()) else PassViTModel
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # its loading report becomes one error below
+    hf_logging.disable_progress_bar()
+    try:
+        model, info = model_class.from_pretrained(spec, config=config, output_loading_info=True)
+    except (OSError, RuntimeError, ValueError) as err:
+        detail = _one_line(err)
+        if local:  # name the keys that do not fit, in our words (transformers points at a report)
+            try:
+                check_state_dict(model_class(config).state_dict(), load_checkpoint_file(spec), str(spec))
+            except ValueError as mismatch:
+                detail = str(mismatch).split("; ", 1)[-1]
+        raise CheckpointError(f"{spec}: its weights do not fit its config.json ({detail})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    # transformers re-initialises what does not fit, with a warning: a model of random weights is refused here.
+    problems = [f"{len(info[kind])} {kind.replace('_', ' ')} (first: {_loading_key(info[kind][0])})"
+                for kind in ("mismatched_keys", "missing_keys") if info.get(kind)]
+    if problems:
+        raise CheckpointError(f"{spec}: its weights do not fit its config.json: {'; '.join(problems)}")
+    return model
+
+
+def _loading_key(entry: Any) -> str:
+    """A key of transformers' loading report: a name, or (name, checkpoint shape, model shape)."""
+    if isinstance(entry, (tuple, list)) and len(entry) == 3:
+        name, found, expected = entry
+        return f"{name}: checkpoint {tuple(found)} vs model {tuple(expected)}"
+    return str(entry)
+
+
 def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
     """Load a ``.pth`` / ``.bin`` / ``.safetensors`` file (or a folder holding ``model.safetensors``) safely.
 
-    Pickles are read with ``torch.load(weights_only=True)``; the only non-tensor class allowed is
-    ``argparse.Namespace`` (the ``args`` of a pre-training checkpoint). Anything else is refused.
+    Pickles are read with ``torch.load(weights_only=True)``; the only non-tensor classes allowed are
+    ``argparse.Namespace`` (the ``args`` of a pre-training checkpoint) and numpy scalars. A pickle that wants more is
+    refused; anything that is not a checkpoint at all (empty, cut short, another format) is named as such.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        CheckpointError: anything else that is wrong, in one line naming ``path``.
     """
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
     if path.is_dir():
+        if (path / "config.json").is_file():
+            read_folder_config(path)
         candidates = [path / "model.safetensors", path / "pytorch_model.bin"]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
-            raise FileNotFoundError(f"{path} is a folder without model.safetensors or pytorch_model.bin")
+            raise CheckpointError(f"{path}: a folder without model.safetensors or pytorch_model.bin")
         path = found
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: an empty file (0 bytes), not a checkpoint")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(path)
+        try:
+            return load_file(path)
+        except Exception as err:  # the Rust library's SafetensorError, and OSError on short reads
+            raise CheckpointError(f"{path}: not a readable .safetensors file, cut short or of another format "
+                                  f"({_one_line(err)})") from None
+    with path.open("rb") as file:
+        head = file.read(16)
+    if not head.startswith((ZIP_MAGIC, PICKLE_MAGIC)):
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle; it starts with "
+                              f"{head[:12]!r})")
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         wanted = re.findall(r"GLOBAL ([\w.]+)", str(err))
-        detail = f" (it asks for {', '.join(sorted(set(wanted)))})" if wanted else ""
-        raise ValueError(
-            f"{path}: refusing to unpickle objects outside the allow-list{detail}. PASS checkpoints hold only "
-            "tensors, containers, numpy scalars and argparse.Namespace; a pickle that wants more could run arbitrary "
-            "code."
-        ) from err
-    except (RuntimeError, EOFError) as err:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
+        if not wanted:
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, cut short or damaged "
+                                  f"({_one_line(err)})") from None
+        raise CheckpointError(
+            f"{path}: refusing to unpickle objects outside the allow-list (it asks for "
+            f"{', '.join(sorted(set(wanted)))}). PASS checkpoints hold only tensors, containers, numpy scalars and "
+            "argparse.Namespace; a pickle that wants more could run arbitrary code."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, cut short or damaged "
+                              f"({_one_line(err)})") from None
     if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"{path}: expected a dict of weights, found {type(checkpoint).__name__}")
+        raise CheckpointError(f"{path}: expected a dict of weights, found {type(checkpoint).__name__}")
     return dict(checkpoint)
 
 
@@ -463,7 +582,10 @@ def convert_checkpoint(
     from .model_card import render_model_card
 
     source = str(src)
-    weights = extract_weights(load_checkpoint_file(src), source=source)
+    folder = Path(src).is_dir() and (Path(src) / "config.json").is_file()
+    # A pass-hub folder is read with its config: weights that do not fit it are refused, not re-inferred.
+    state = load_pass_hub_folder(src).state_dict() if folder else load_checkpoint_file(src)
+    weights = extract_weights(state, source=source)
     args = infer_backbone_args(weights.backbone, arch=arch, num_heads=num_heads, source=source)
     model = model_from_weights(weights, args, source)
     config = model.config

@@ -210,7 +210,8 @@ class FinetuneSettings:
         _check_size(self.image_size, "image_size")
         _check(self.num_instances >= 2, f"--num_instances must be >= 2 (a triplet needs a positive), got "
                f"{self.num_instances}")
-        _check(self.global_batch_size >= 1 and self.global_batch_size % self.num_instances == 0,
+        _check(self.global_batch_size >= 1, f"--global_batch_size must be >= 1, got {self.global_batch_size}")
+        _check(self.global_batch_size % self.num_instances == 0,
                f"--global_batch_size {self.global_batch_size} is not a multiple of --num_instances "
                f"{self.num_instances}")
         # A warm-up longer than the run is allowed: the per-epoch schedule is then all warm-up.
@@ -283,7 +284,8 @@ class ClusterContrastSettings:
     def __post_init__(self) -> None:
         _check_preset(self.preset, from_init=True)
         _check_size(self.image_size, "image_size")
-        _check(self.global_batch_size >= 1 and self.global_batch_size % self.num_instances == 0,
+        _check(self.global_batch_size >= 1, f"--global_batch_size must be >= 1, got {self.global_batch_size}")
+        _check(self.global_batch_size % self.num_instances == 0,
                f"--global_batch_size {self.global_batch_size} is not a multiple of --num_instances "
                f"{self.num_instances}")
         for name in ("num_instances", "epochs", "iters_per_epoch", "lr_step_epochs", "min_samples", "k1", "k2"):

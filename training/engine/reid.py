@@ -22,11 +22,11 @@ import pass_hub
 from pass_hub.atomic import write_json_atomic
 from pass_hub.evaluation.calibration import Calibration, draw_calibration
 from pass_hub.evaluation.protocol import evaluate_model, save_rank_lists
+from pass_hub.flags import positive_int
 from pass_hub.models.model_card import deployment_section, reid_card_data, render_model_card, results_table
 from training.engine import runtime
 from training.engine.data import dataset_spec
 from training.engine.reid_start import ReidStart, load_finetuning_start
-from training.engine.settings import positive_int
 
 MODEL_FOLDER = "pass-vit-reid"
 
@@ -96,7 +96,7 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     """The evaluation and publishing flags :func:`evaluate` and :func:`finish_run` read besides the settings
     (``eval_every``, ``flip_test``, ``publish``)."""
     evaluation = parser.add_argument_group("evaluation and publishing")
-    evaluation.add_argument("--eval_batch_size", type=int, default=64)
+    evaluation.add_argument("--eval_batch_size", type=positive_int, default=64)
     evaluation.add_argument("--model_name", default=None, help="name in the model card (default: derived)")
     evaluation.add_argument("--push_to_hub", metavar="REPO", default=None, help="upload the published folder")
     evaluation.add_argument("--hub_private", action="store_true")

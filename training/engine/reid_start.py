@@ -37,11 +37,13 @@ import torch
 import pass_hub
 from pass_hub.models.backbone import architecture_name, backbone_architecture
 from pass_hub.models.convert import (
+    CheckpointError,
     ExtractedWeights,
     check_state_dict,
     extract_weights,
     infer_backbone_args,
     load_checkpoint_file,
+    load_pass_hub_folder,
     reid_head_layout,
 )
 from pass_hub.models.timm_models import checkpoint_filter_fn
@@ -227,16 +229,12 @@ def _backbone_values(config: pass_hub.PassViTConfig) -> dict[str, Any]:
 
 
 def _from_folder(spec: str, exists: bool) -> ReidStart:
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(spec)
-    if not isinstance(config, pass_hub.PassViTConfig):
-        raise ValueError(f"{spec} holds a {config.model_type!r} model, not a PASS one")
-    reid = "PassViTForReID" in (config.architectures or ())
-    model = (pass_hub.PassViTForReID if reid else pass_hub.PassViTModel).from_pretrained(spec, config=config)
+    model = load_pass_hub_folder(spec)
+    config = model.config
     weights = extract_weights(model.state_dict(), source=spec)
     return ReidStart(
-        spec, "pass_hub_reid" if reid else "pass_hub_backbone", _backbone_values(config), tuple(config.image_size),
+        spec, "pass_hub_reid" if isinstance(model, pass_hub.PassViTForReID) else "pass_hub_backbone",
+        _backbone_values(config), tuple(config.image_size),
         dict(weights.backbone), dict(weights.reid_head), _folder_head_layout(weights, config),
         base_model=None if exists else spec,
     )
@@ -285,7 +283,9 @@ def load_finetuning_start(path: str | Path, num_heads: int | None = None) -> Rei
     try:
         return _from_folder(spec, location.exists())
     except OSError as err:
-        raise ValueError(f"{spec}: not a preset, checkpoint file, pass-hub folder or cached hub id ({err})") from None
+        reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise CheckpointError(f"{spec}: not a preset, checkpoint file, pass-hub folder or cached hub id ({reason})"
+                              ) from None
 
 
 def load_usl_start(path: str | Path, num_heads: int | None = None) -> ReidStart:

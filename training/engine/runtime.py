@@ -29,6 +29,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from pass_hub.atomic import write_text_atomic
+from pass_hub.flags import non_negative_int, positive_int
 
 CHECKPOINT_PREFIX = "step_"
 
@@ -38,17 +39,17 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, default_output_dir: st
     logging, workers, accumulation); what it is comes from ``--recipe`` (:mod:`training.engine.recipes`)."""
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", default=default_output_dir, help="run directory (checkpoints, logs, model)")
-    run.add_argument("--max_steps", type=int, default=None,
+    run.add_argument("--max_steps", type=positive_int, default=None,
                      help="stop after this many optimizer steps (the schedules still span the whole run)")
-    run.add_argument("--gradient_accumulation_steps", type=int, default=1,
+    run.add_argument("--gradient_accumulation_steps", type=positive_int, default=1,
                      help="micro-batches per optimiser step: each process takes global_batch_size / (processes x "
                      "this) images at a time")
-    run.add_argument("--num_workers", type=int, default=2, help="DataLoader workers per process")
+    run.add_argument("--num_workers", type=non_negative_int, default=2, help="DataLoader workers per process")
     run.add_argument("--resume", nargs="?", const="latest", default=None,
                      help="resume from the latest checkpoint in output_dir, or from the given checkpoint folder")
-    run.add_argument("--save_every_steps", type=int, default=100, help="checkpoint period in optimizer steps")
-    run.add_argument("--keep_checkpoints", type=int, default=2, help="how many recent checkpoints to keep")
-    run.add_argument("--log_every_steps", type=int, default=1)
+    run.add_argument("--save_every_steps", type=positive_int, default=100, help="checkpoint period in optimizer steps")
+    run.add_argument("--keep_checkpoints", type=positive_int, default=2, help="how many recent checkpoints to keep")
+    run.add_argument("--log_every_steps", type=positive_int, default=1)
     run.add_argument("--report_to", choices=("tensorboard", "none"), default=_default_tracker(),
                      help="tracker for training logs")
     run.add_argument("--overwrite_output_dir", action="store_true",

@@ -135,18 +135,5 @@ def settings_as_json(settings: Any) -> dict[str, Any]:
     return {name: list(value) if isinstance(value, tuple) else value for name, value in vars(settings).items()}
 
 
-def positive_int(text: str) -> int:
-    """argparse type of a count: an integer >= 1.
-
-    Example:
-        >>> positive_int("3")
-        3
-    """
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def setting_names(settings_class: type) -> list[str]:
     return [item.name for item in dataclasses.fields(settings_class)]

@@ -43,6 +43,7 @@ from pass_hub.models.convert import (
     extract_weights,
     infer_backbone_args,
     load_checkpoint_file,
+    load_pass_hub_folder,
     original_backbone_pieces,
     split_as_original,
 )
@@ -434,7 +435,12 @@ def _from_pass_hub_run(folder: Path, source: str, num_heads: int | None = None) 
 
 
 def _from_backbone(path: str, source: str, num_heads: int | None = None) -> PretrainingStart:
-    weights = extract_weights(load_checkpoint_file(path), source=source)
+    if (Path(path) / "config.json").is_file():  # a pass-hub folder: read with its config, which names the heads
+        model = load_pass_hub_folder(path)
+        weights = extract_weights(model.state_dict(), source=source)
+        num_heads = num_heads or model.config.num_attention_heads
+    else:
+        weights = extract_weights(load_checkpoint_file(path), source=source)
     preset, trained_size = _preset_of(weights.backbone, None, source, num_heads)
     state = {f"backbone.{k}": v for k, v in weights.backbone.items()}
     return PretrainingStart(source, "backbone", {"preset": preset, "trained_size": trained_size}, state, state)
