@@ -35,7 +35,7 @@ from datasets import DatasetDict
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_directory
+from ..atomic import atomic_directory, atomic_file
 from .appearance import Appearance, diff_groups, draw_person, sample_appearance, sample_family
 from .cameras import (
     Camera,
@@ -362,8 +362,8 @@ def render_preview(
             grid.paste(Image.open(io.BytesIO(cell)), (x, header + camid * height))
     for camid in range(camera_count):
         draw.text((6, header + camid * height + height // 2 - 8), f"cam{camid + 1}", fill="black", font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # 256 dithered colours keep a full-size preview well under 1 MB (for a README) at hardly visible cost.
-    grid.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(path, optimize=True)
-    return path
+    with atomic_file(path) as temporary:
+        grid.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(
+            temporary, format="PNG", optimize=True)
+    return Path(path)

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..atomic import atomic_file
+
 MATCH_COLOR = (40, 170, 60)
 NON_MATCH_COLOR = (215, 40, 40)
 QUERY_COLOR = (60, 110, 220)
@@ -86,9 +88,8 @@ def draw_rank_list(
         paste(image, left, color, f"{rank}: {score:.3f}")
         left += cell_width + gap
     if output_path is not None:
-        output_path = Path(output_path)
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        canvas.save(output_path, format="PNG")
+        with atomic_file(output_path) as temporary:
+            canvas.save(temporary, format="PNG")
     return canvas
 
 
