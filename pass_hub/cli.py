@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from .data.cli import add_synth_command
 from .deployment.cli import add_deployment_commands
 from .deployment.embedder import FEATURE_CHOICES
-from .flags import non_negative_int, positive_int
+from .flags import FlagParser, non_negative_int, positive_int
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -74,7 +74,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pass-hub", description="PASS part-aware ViT for person ReID")
+    parser = FlagParser(prog="pass-hub", description="PASS part-aware ViT for person ReID")
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert = commands.add_parser(

@@ -33,3 +33,32 @@ def positive_float(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
+
+
+class FlagParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that reads ``--a-b`` and ``--a_b`` alike, whichever spelling a flag was declared with,
+    so that flags read the same in every pass-hub command and training script (sub-commands inherit it).
+
+    Example:
+        >>> parser = FlagParser()
+        >>> _ = parser.add_argument("--batch_size", type=positive_int)
+        >>> parser.parse_args(["--batch-size", "4"]).batch_size, parser.parse_args(["--batch_size=5"]).batch_size
+        (4, 5)
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        import sys
+
+        tokens = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args([self._declared_spelling(token) for token in tokens], namespace)
+
+    def _declared_spelling(self, token: str) -> str:
+        if not token.startswith("--") or token == "--":
+            return token
+        name, equals, value = token.partition("=")
+        if name in self._option_string_actions:
+            return token
+        for other in (name[:2] + name[2:].replace("-", "_"), name[:2] + name[2:].replace("_", "-")):
+            if other in self._option_string_actions:
+                return other + equals + value
+        return token

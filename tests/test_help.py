@@ -50,3 +50,21 @@ def test_a_percent_sign_in_a_setting_help_is_printed_as_it_is():
     parser = argparse.ArgumentParser()
     add_settings_flags(parser, ClusterContrastSettings)
     assert "area 2-40%, uniform aspect" in parser.format_help()
+
+
+@pytest.mark.parametrize(("module", "argv", "name", "value"), [
+    ("training.finetune", ["--global-batch-size", "16", "--num_instances", "4"], "global_batch_size", 16),
+    ("training.usl", ["--eval-batch-size=8", "--init", "pass_vit_tiny"], "eval_batch_size", 8),
+    ("training.pretrain", ["--max-steps", "3"], "max_steps", 3),
+])
+def test_training_flags_read_the_same_with_dashes_and_underscores(module, argv, name, value):
+    import importlib
+
+    assert getattr(importlib.import_module(module).parse_args(argv), name) == value
+
+
+def test_pass_hub_flags_read_the_same_with_dashes_and_underscores():
+    parser = cli.build_parser()
+    for spelling in ("--batch-size", "--batch_size"):
+        assert parser.parse_args(["eval", "--model", "m", spelling, "5"]).batch_size == 5
+    assert parser.parse_args(["convert", "a", "b", "--num_heads", "2"]).num_heads == 2

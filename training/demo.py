@@ -33,6 +33,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's `trainin
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pass_hub.atomic import write_json_atomic, write_text_atomic
+from pass_hub.flags import FlagParser
 from training import finetune, pretrain
 from training.engine import reid
 
@@ -225,7 +226,7 @@ def result_table(stages: dict[str, Stage]) -> tuple[str, dict[str, dict[str, flo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = FlagParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", type=Path, default=None,
                         help="default: outputs/demo (outputs/demo-toy with --toy)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every stage")

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 if __package__ in (None, ""):  # run as a script: make the repository's `training` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pass_hub.flags import FlagParser
 from training.engine import recipes, runtime
 from training.engine.data import SeededTransformDataset
 from training.engine.optim import describe_reid_optimizer
@@ -48,7 +49,7 @@ LOGGED = ("loss", "cross_entropy", "triplet", "lr", "mAP", "rank1", "images_per_
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     runtime.add_run_arguments(parser, default_output_dir="outputs/finetune")

@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's `trainin
 import pass_hub
 from pass_hub.atomic import write_json_atomic
 from pass_hub.evaluation.protocol import evaluate_model
-from pass_hub.flags import positive_int
+from pass_hub.flags import FlagParser, positive_int
 from pass_hub.models.backbone import PassVisionTransformer
 from pass_hub.models.model_card import render_model_card, results_table
 from training.engine import recipes, runtime
@@ -46,7 +46,7 @@ LOGGED = (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     runtime.add_run_arguments(parser, default_output_dir="outputs/pretrain")

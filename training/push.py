@@ -8,11 +8,12 @@ huggingface_hub's own parser reads, with a ``model-index`` when the card reports
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard
+
+from pass_hub.flags import FlagParser
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md")
 
@@ -49,7 +50,7 @@ def push_folder(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = FlagParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", help="a pass-hub folder written by a training script or `pass-hub convert`")
     parser.add_argument("repo_id", help="target model repo, e.g. your-name/pass-vit-s16-market")
     parser.add_argument("--private", action="store_true")

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 if __package__ in (None, ""):  # run as a script: make the repository's `training` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pass_hub.flags import FlagParser
 from training.cluster_contrast.step import ClusterContrastTrainer
 from training.engine import recipes, runtime
 from training.engine.data import SeededTransformDataset
@@ -54,7 +55,7 @@ LOGGED = ("loss", "lr", "clusters", "outlier_fraction", "label_ari", "mAP", "ran
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     runtime.add_run_arguments(parser, default_output_dir="outputs/usl")
