@@ -52,12 +52,10 @@ def peak_rss_mb() -> float:
 def cluster_ours(features: np.ndarray) -> np.ndarray:
     import torch
 
-    from pass_hub.evaluation.reranking import jaccard_neighbours
-    from training.cluster_contrast.clustering import dbscan_labels
+    from training.cluster_contrast.clustering import cluster_pseudo_labels
 
-    graph = jaccard_neighbours(torch.from_numpy(features), SETTINGS["eps"], k1=SETTINGS["k1"], k2=SETTINGS["k2"],
-                               convention="cluster_contrast", normalize=False)
-    return dbscan_labels(graph, SETTINGS["eps"], SETTINGS["min_samples"])
+    # As ClusterContrastTrainer.cluster calls it: the features as they are, the original's Jaccard convention.
+    return cluster_pseudo_labels(torch.from_numpy(features), **SETTINGS, jaccard="cluster_contrast", normalize=False)
 
 
 def cluster_original(features: np.ndarray, faiss_rerank) -> np.ndarray:

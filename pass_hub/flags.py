@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def positive_int(text: str) -> int:
@@ -47,7 +48,6 @@ class FlagParser(argparse.ArgumentParser):
     """
 
     def parse_known_args(self, args=None, namespace=None):
-        import sys
 
         tokens = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args([self._declared_spelling(token) for token in tokens], namespace)

@@ -40,8 +40,9 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
     (cases.setdefault("empty .safetensors", root / "empty.safetensors")).write_bytes(b"")
     for size in (7, 100, 5000):
         cases[f".safetensors cut at {size} bytes"] = _cut(weights, root / f"cut{size}.safetensors", size)
-    for size in (100, 5000, pickled.stat().st_size // 2):
+    for size in (100, 5000):
         cases[f".pth cut at {size} bytes"] = _cut(pickled, root / f"cut{size}.pth", size)
+    cases[".pth cut at half"] = _cut(pickled, root / "cut_half.pth", pickled.stat().st_size // 2)
     (cases.setdefault("text named .pth", root / "notes.pth")).write_text("not a checkpoint\n")
     (cases.setdefault("random bytes .safetensors", root / "noise.safetensors")).write_bytes(bytes(range(256)) * 4)
     (cases.setdefault("unknown format", root / "model.h5")).write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
@@ -70,17 +71,6 @@ CASES = ["missing file", "empty .pth", "empty .safetensors", ".safetensors cut a
          "config without weights", "weights not fitting the config"]
 
 
-def _path(corpus: dict[str, Path], case: str) -> Path:
-    if case == ".pth cut at half":
-        return next(path for name, path in corpus.items() if name.startswith(".pth cut at")
-                    and name not in (".pth cut at 100 bytes", ".pth cut at 5000 bytes"))
-    return corpus[case]
-
-
-def _outputs(root: Path) -> set[Path]:
-    return set((root / "outputs").rglob("*")) | {root / "outputs"} if (root / "outputs").exists() else set()
-
-
 COMMANDS = {
     "convert": lambda model, out, image: ["convert", str(model), str(out / "converted")],
     "embed": lambda model, out, image: ["embed", str(model), str(image), "--out", str(out / "e.npy")],
@@ -94,7 +84,7 @@ COMMANDS = {
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 @pytest.mark.parametrize("case", CASES)
 def test_the_cli_says_what_is_wrong_in_one_line_and_writes_nothing(corpus, case, command, capsys, tmp_path):
-    model = _path(corpus, case)
+    model = corpus[case]
     out = tmp_path / "outputs"
     out.mkdir()
     assert cli.main(COMMANDS[command](model, out, corpus["_image"])) == 2
@@ -105,7 +95,7 @@ def test_the_cli_says_what_is_wrong_in_one_line_and_writes_nothing(corpus, case,
 
 @pytest.mark.parametrize("case", CASES)
 def test_python_loaders_raise_a_checkpoint_error_naming_the_input(corpus, case):
-    model = _path(corpus, case)
+    model = corpus[case]
     expected = FileNotFoundError if case == "missing file" else pass_hub.CheckpointError
     for load in (pass_hub.load_reid_model, load_finetuning_start, load_usl_start, load_pretraining_start):
         with pytest.raises(expected) as raised:

@@ -24,6 +24,7 @@ pass-hub ``model.safetensors`` or a timm state dict, through the allow-listed sa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -61,6 +62,19 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: PassVisionTransforme
     if "pos_embed" in backbone:
         backbone["pos_embed"] = position_table_for(backbone["pos_embed"], model)
     return backbone
+
+
+def grid_change(trained_size: Sequence[int], image_size: Sequence[int], patch_size: int) -> tuple[str, str] | None:
+    """(``"16x8"``, ``"24x8"``) when ``image_size`` puts the patches on another grid than the ``trained_size`` a
+    position table is laid out for (what :func:`position_table_for` then resamples); None when they agree.
+
+    Example:
+        >>> grid_change((256, 128), (384, 128), 16), grid_change((256, 128), (256, 128), 16)
+        (('16x8', '24x8'), None)
+    """
+    old = tuple(side // patch_size for side in trained_size)
+    new = tuple(side // patch_size for side in image_size)
+    return None if old == new else ("x".join(map(str, old)), "x".join(map(str, new)))
 
 
 def position_table_for(pos_embed: torch.Tensor, model: PassVisionTransformer) -> torch.Tensor:

@@ -39,16 +39,20 @@ def cluster_pseudo_labels(
     Returns:
         (N,) int64 labels: clusters ``0..C-1`` (numbered in order of discovery, as DBSCAN does), -1 for outliers.
     """
-    return dbscan_labels(jaccard_neighbours(features, eps, k1=k1, k2=k2, convention=jaccard, normalize=normalize),
-                         eps, min_samples)
+    return cluster_with_distances(features, eps=eps, min_samples=min_samples, k1=k1, k2=k2, jaccard=jaccard,
+                                  normalize=normalize)[0]
 
 
-def dbscan_labels(graph: Any, eps: float, min_samples: int) -> np.ndarray:
-    """DBSCAN labels of precomputed distances (a dense matrix, or a sparse one holding every distance <= ``eps``:
-    only those make neighbours, so both give the same labels)."""
+def cluster_with_distances(
+    features: torch.Tensor, *, eps: float, min_samples: int, k1: int, k2: int, jaccard: str, normalize: bool
+) -> tuple[np.ndarray, Any]:
+    """:func:`cluster_pseudo_labels`, and the sparse matrix of every Jaccard distance <= ``eps`` DBSCAN clustered
+    (only those make neighbours, so it gives the labels of the dense matrix)."""
     from sklearn.cluster import DBSCAN
 
-    return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(graph).astype(np.int64)
+    distances = jaccard_neighbours(features, eps, k1=k1, k2=k2, convention=jaccard, normalize=normalize)
+    labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(distances)
+    return labels.astype(np.int64), distances
 
 
 def center_per_camera(features: torch.Tensor, camids: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -47,9 +47,8 @@ from torch import nn
 
 from pass_hub.deployment.preprocessing import Preprocessing
 from pass_hub.evaluation.protocol import extract_features, preprocessing_transform
-from pass_hub.evaluation.reranking import jaccard_neighbours
 from pass_hub.models.convert import reid_model_to_original
-from training.cluster_contrast.clustering import center_per_camera, cluster_centroids, dbscan_labels
+from training.cluster_contrast.clustering import center_per_camera, cluster_centroids, cluster_with_distances
 from training.cluster_contrast.memory import ClusterMemory
 from training.engine.optim import reid_optimizer, set_hyperparameters
 from training.engine.reid import sync_buffers
@@ -92,17 +91,20 @@ def keeps_feature_as_is(config: pass_hub.PassViTConfig) -> bool:
     return config.reid_feature == "after_neck" and config.normalize_neck_outputs
 
 
+def as_original_feature(feature: torch.Tensor, config: pass_hub.PassViTConfig) -> torch.Tensor:
+    """The run's feature (``config.reid_feature``) as the original clusters and trains it (module docstring)."""
+    return feature if keeps_feature_as_is(config) else F.normalize(feature, dim=1)
+
+
 class _OriginalFeature(nn.Module):
-    """The feature the original clusters, trains and tests (module docstring), from pixels."""
+    """The feature the original clusters, trains and tests, from pixels."""
 
     def __init__(self, network: pass_hub.PassViTForReID) -> None:
         super().__init__()
         self.network = network
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        config = self.network.config
-        feature = self.network.test_features(pixel_values)
-        return feature if keeps_feature_as_is(config) else F.normalize(feature, dim=1)
+        return as_original_feature(self.network.test_features(pixel_values), self.network.config)
 
 
 class ClusterContrastTrainer:
@@ -207,9 +209,9 @@ class ClusterContrastTrainer:
         payload: list[Any] = [None]
         if self.accelerator.is_main_process:
             clustered = center_per_camera(features, camera_ids) if settings.camera_centering else features
-            distances = jaccard_neighbours(clustered, settings.eps, k1=settings.k1, k2=settings.k2,
-                                           convention=settings.jaccard, normalize=False)
-            labels = dbscan_labels(distances, settings.eps, settings.min_samples)
+            labels, distances = cluster_with_distances(
+                clustered, eps=settings.eps, min_samples=settings.min_samples, k1=settings.k1, k2=settings.k2,
+                jaccard=settings.jaccard, normalize=False)
             payload = [(labels, cluster_centroids(features, labels), distances)]
         labels, centroids, distances = broadcast_object_list(payload)[0]
         self.cluster_memory.reset(centroids, labels, epoch)
@@ -219,7 +221,7 @@ class ClusterContrastTrainer:
         """The feature of a ``PassViTForReID`` output that is trained against the memory (module docstring)."""
         config = self.network.config
         feature = output.features_after_neck if config.reid_feature == "after_neck" else output.features_before_neck
-        return feature if keeps_feature_as_is(config) else F.normalize(feature, dim=1)
+        return as_original_feature(feature, config)
 
     def step(self, pixel_values: torch.Tensor, pseudo_labels: torch.Tensor, epoch: int) -> ClusterContrastOutcome:
         """One micro-batch of epoch ``epoch`` (0-based): ``pixel_values`` (B, 3, H, W) normalised with mean = std =

@@ -62,6 +62,14 @@ def _check_size(size: tuple[int, int], flag: str) -> None:
            "positive multiples of 16 (the patch size)")
 
 
+def _check_pk_batch(global_batch_size: int, num_instances: int) -> None:
+    """A batch of P identities x K instances: each count positive first, then the multiple."""
+    _check(num_instances >= 1, f"--num_instances must be >= 1, got {num_instances}")
+    _check(global_batch_size >= 1, f"--global_batch_size must be >= 1, got {global_batch_size}")
+    _check(global_batch_size % num_instances == 0,
+           f"--global_batch_size {global_batch_size} is not a multiple of --num_instances {num_instances}")
+
+
 # ----------------------------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
 class PretrainSettings:
@@ -210,10 +218,7 @@ class FinetuneSettings:
         _check_size(self.image_size, "image_size")
         _check(self.num_instances >= 2, f"--num_instances must be >= 2 (a triplet needs a positive), got "
                f"{self.num_instances}")
-        _check(self.global_batch_size >= 1, f"--global_batch_size must be >= 1, got {self.global_batch_size}")
-        _check(self.global_batch_size % self.num_instances == 0,
-               f"--global_batch_size {self.global_batch_size} is not a multiple of --num_instances "
-               f"{self.num_instances}")
+        _check_pk_batch(self.global_batch_size, self.num_instances)
         # A warm-up longer than the run is allowed: the per-epoch schedule is then all warm-up.
         _check(self.epochs >= 1 and self.warmup_epochs >= 0,
                f"need --epochs >= 1 and --warmup_epochs >= 0, got {self.epochs} / {self.warmup_epochs}")
@@ -284,11 +289,8 @@ class ClusterContrastSettings:
     def __post_init__(self) -> None:
         _check_preset(self.preset, from_init=True)
         _check_size(self.image_size, "image_size")
-        _check(self.global_batch_size >= 1, f"--global_batch_size must be >= 1, got {self.global_batch_size}")
-        _check(self.global_batch_size % self.num_instances == 0,
-               f"--global_batch_size {self.global_batch_size} is not a multiple of --num_instances "
-               f"{self.num_instances}")
-        for name in ("num_instances", "epochs", "iters_per_epoch", "lr_step_epochs", "min_samples", "k1", "k2"):
+        _check_pk_batch(self.global_batch_size, self.num_instances)
+        for name in ("epochs", "iters_per_epoch", "lr_step_epochs", "min_samples", "k1", "k2"):
             _check(getattr(self, name) >= 1, f"--{name} must be >= 1, got {getattr(self, name)}")
         _check(self.eps > 0 and self.temperature > 0 and 0 <= self.memory_momentum < 1,
                "--eps and --temperature must be > 0 and --memory_momentum in [0, 1)")

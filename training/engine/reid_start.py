@@ -44,9 +44,10 @@ from pass_hub.models.convert import (
     infer_backbone_args,
     load_checkpoint_file,
     load_pass_hub_folder,
+    one_line,
     reid_head_layout,
 )
-from pass_hub.models.timm_models import checkpoint_filter_fn
+from pass_hub.models.timm_models import checkpoint_filter_fn, grid_change
 from training.engine.recipes import FROM_INIT
 from training.engine.transforms import REID_MEAN, REID_STD
 
@@ -207,10 +208,7 @@ class ReidStart:
 
     def grid_change(self, settings: Any) -> tuple[str, str] | None:
         """(``"16x8"``, ``"24x8"``) when the run's input puts the patches on another grid than the source's."""
-        patch = self.backbone_config["patch_size"]
-        old = tuple(side // patch for side in self.trained_size)
-        new = tuple(side // patch for side in settings.image_size)
-        return None if old == new else ("x".join(map(str, old)), "x".join(map(str, new)))
+        return grid_change(self.trained_size, settings.image_size, self.backbone_config["patch_size"])
 
 
 def _from_weights(source: str, weights: ExtractedWeights, num_heads: int | None) -> ReidStart:
@@ -283,9 +281,8 @@ def load_finetuning_start(path: str | Path, num_heads: int | None = None) -> Rei
     try:
         return _from_folder(spec, location.exists())
     except OSError as err:
-        reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        raise CheckpointError(f"{spec}: not a preset, checkpoint file, pass-hub folder or cached hub id ({reason})"
-                              ) from None
+        raise CheckpointError(f"{spec}: not a preset, checkpoint file, pass-hub folder or cached hub id "
+                              f"({one_line(err)})") from None
 
 
 def load_usl_start(path: str | Path, num_heads: int | None = None) -> ReidStart:

@@ -47,7 +47,7 @@ from pass_hub.models.convert import (
     original_backbone_pieces,
     split_as_original,
 )
-from pass_hub.models.timm_models import position_table_for
+from pass_hub.models.timm_models import grid_change, position_table_for
 from training.pretraining.networks import PATCH_SIZE, PartAwareDINO, new_network
 from training.pretraining.step import CentersState
 
@@ -235,9 +235,7 @@ class PretrainingStart:
     def grid_change(self, settings: PretrainSettings) -> tuple[str, str] | None:
         """(``"16x8"``, ``"24x8"``) when the run's ``image_size`` puts the patches on another grid than the one the
         source's position table is laid out for; None when they agree."""
-        old = tuple(side // PATCH_SIZE for side in self.architecture["trained_size"])
-        new = tuple(side // PATCH_SIZE for side in settings.image_size)
-        return None if old == new else ("x".join(map(str, old)), "x".join(map(str, new)))
+        return grid_change(self.architecture["trained_size"], settings.image_size, PATCH_SIZE)
 
     def check_run(self, settings: PretrainSettings, init_optimizer: bool) -> None:
         """Raise ``ValueError`` (one line) for a run these weights cannot start: a true resume (the optimizer's
