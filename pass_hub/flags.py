@@ -48,7 +48,6 @@ class FlagParser(argparse.ArgumentParser):
     """
 
     def parse_known_args(self, args=None, namespace=None):
-
         tokens = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args([self._declared_spelling(token) for token in tokens], namespace)
 

@@ -15,18 +15,19 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def script_env() -> dict[str, str]:
+def script_env(threads: int = 1) -> dict[str, str]:
     # ACCELERATE_USE_CPU: the 2-process launch (gloo) must not look for GPUs; single processes run on CPU anyway.
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": str(threads),
             "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(ROOT)}
 
 
 def run_script(
-    script: Path, args: list[str], launcher: list[str] | None = None, check: bool = True
+    script: Path, args: list[str], launcher: list[str] | None = None, check: bool = True, threads: int = 1
 ) -> subprocess.CompletedProcess:
-    """Run ``script`` with ``args`` (under ``launcher``, e.g. :func:`two_processes`); check it succeeded."""
+    """Run ``script`` with ``args`` (under ``launcher``, e.g. :func:`two_processes`) on ``threads`` threads per
+    process; check it succeeded."""
     command = (launcher or [sys.executable]) + [str(script), *args]
-    result = subprocess.run(command, env=script_env(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, env=script_env(threads), capture_output=True, text=True, timeout=600)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result

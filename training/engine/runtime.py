@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -54,6 +55,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, default_output_dir: st
                      help="tracker for training logs")
     run.add_argument("--overwrite_output_dir", action="store_true",
                      help="start afresh even if output_dir holds checkpoints of another run")
+    run.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
+                     help="deterministic kernels (default), so that one seed gives the same model twice on one "
+                     "machine; --no_deterministic lets torch pick faster kernels that may sum in another order each "
+                     "run and takes the recipe's cuDNN flags (cost of determinism on a 2-core CPU at the demo's "
+                     "size: see benchmarks/bench_determinism.py)")
 
 
 def _default_tracker() -> str:
@@ -88,10 +94,33 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
         # accelerate drops fp16 autocast on a CPU without a word; bf16 is the CPU's mixed precision.
         accelerator.print("--mixed_precision fp16 runs in fp32 on a CPU; use bf16 for mixed precision here")
     set_seed(args.seed)
-    if hasattr(args, "cudnn_benchmark"):
+    use_deterministic_kernels(args.deterministic)
+    if not args.deterministic and hasattr(args, "cudnn_benchmark"):
         torch.backends.cudnn.benchmark = args.cudnn_benchmark
         torch.backends.cudnn.deterministic = args.cudnn_deterministic
     return accelerator
+
+
+def use_deterministic_kernels(on: bool) -> None:
+    """Make (or stop making) torch pick kernels that give the same bits every run on one machine.
+
+    On: ``torch.use_deterministic_algorithms``, cuDNN without autotuning, and a fixed cuBLAS workspace (it only
+    takes effect when set before CUDA's first matmul, so runs set it at start). Off: torch's defaults; the recipe's
+    cuDNN flags are applied by the caller. A kernel that sums with atomic adds orders the sum by thread timing:
+    the backward of PASS's per-stripe [PART] token gather (``index_put_`` with ``accumulate=True``) is one such
+    kernel on the CPU, and it made two seeded pre-training runs part after a few steps.
+
+    Example:
+        >>> use_deterministic_kernels(True); torch.are_deterministic_algorithms_enabled()
+        True
+        >>> use_deterministic_kernels(False); torch.are_deterministic_algorithms_enabled()
+        False
+    """
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = on
+    torch.use_deterministic_algorithms(on)
 
 
 def per_process_batch(args: argparse.Namespace, accelerator: Accelerator) -> int:
