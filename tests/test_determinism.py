@@ -11,7 +11,7 @@ import torch
 from script_runs import ROOT, run_script, two_processes
 
 from pass_hub.models.backbone import PassVisionTransformer
-from training.engine.runtime import use_deterministic_kernels
+from training.engine.runtime import THROUGHPUT_FILE, use_deterministic_kernels
 
 THREADS = 4  # more threads than this machine's 2 cores: the scheduler interleaves them differently each run
 
@@ -25,11 +25,12 @@ REID_DATA = "synthetic:train_ids=8,test_ids=4,cameras=2,distractors=0,unlabelled
 
 
 def _file_digests(folder: Path) -> dict[str, str]:
-    """Every file a run wrote that holds tensors, by its path in the run folder."""
+    """Every file of the run's checkpoints and published model folders, by its path in the run folder; left out:
+    each checkpoint's throughput.json (wall-clock) and the logs beside them (metrics.jsonl, results.json, ...)."""
     return {
         str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(folder.rglob("*"))
-        if path.suffix in (".safetensors", ".bin", ".pth", ".pt") and path.is_file()
+        if path.is_file() and path.name != THROUGHPUT_FILE and path.parent != folder and "logs" not in path.parts
     }
 
 

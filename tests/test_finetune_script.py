@@ -131,6 +131,8 @@ def test_sigkill_then_resume_gives_the_same_model(tmp_path):
                         killed / "pass-vit-reid" / "model.safetensors")
     results = [json.loads((run / "results.json").read_text()) for run in (tmp_path / "straight", killed)]
     assert results[0]["published"] == results[1]["published"]
+    logged = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert all("images_per_second" in entry for entry in logged)  # the steps before the kill kept their speed
     assert "AdamW, lr 0.001, weight decay 0.05" in (killed / "pass-vit-reid" / "README.md").read_text()
 
 

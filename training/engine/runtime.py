@@ -3,7 +3,8 @@
 A run directory looks like::
 
     output_dir/
-      checkpoints/step_00000200/   accelerate save_state folders, written to a temp name and renamed
+      checkpoints/step_00000200/   accelerate save_state folders, written to a temp name and renamed; the
+                                   same bits for the same seed on one machine, but for throughput.json
       metrics.jsonl                one line per logged step (rewritten from the checkpointed history)
       loss_curves.png              the logged series as pictures
       logs/                        tracker files (tensorboard)
@@ -33,6 +34,7 @@ from pass_hub.atomic import write_text_atomic
 from pass_hub.flags import non_negative_int, positive_int
 
 CHECKPOINT_PREFIX = "step_"
+THROUGHPUT_FILE = "throughput.json"  # beside the state in a checkpoint: wall-clock, differs run to run
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, *, default_output_dir: str) -> None:
@@ -166,11 +168,23 @@ class StepMeans:
 
 
 class TrainingState:
-    """Counters and logged history; registered with accelerate so checkpoints carry them."""
+    """Counters and logged history; registered with accelerate so checkpoints carry them.
+
+    The throughput of each logged step is kept apart (``throughput``): it measures the machine, not the run, and
+    a checkpoint holding it would differ between two runs of one seed. :class:`Checkpointer` writes it beside the
+    state as ``throughput.json``; :meth:`logged` gives the history with it, as ``metrics.jsonl`` shows it.
+
+    Example:
+        >>> state = TrainingState()
+        >>> state.history.append({"step": 1, "loss": 2.0}); state.throughput[1] = 30.5
+        >>> state.logged(), sorted(state.state_dict())
+        ([{'step': 1, 'loss': 2.0, 'images_per_second': 30.5}], ['history', 'step'])
+    """
 
     def __init__(self) -> None:
         self.step = 0
         self.history: list[dict[str, float]] = []
+        self.throughput: dict[int, float] = {}
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "history": self.history}
@@ -178,6 +192,13 @@ class TrainingState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.history = list(state["history"])
+
+    def logged(self) -> list[dict[str, float]]:
+        return [
+            {**entry, "images_per_second": self.throughput[entry["step"]]} if entry["step"] in self.throughput
+            else entry
+            for entry in self.history
+        ]
 
 
 class Checkpointer:
@@ -187,13 +208,15 @@ class Checkpointer:
         self.accelerator = accelerator
         self.folder = Path(output_dir) / "checkpoints"
         self.keep = max(keep, 1)
+        self.resumed_from: Path | None = None
 
     def completed(self) -> list[Path]:
         if not self.folder.is_dir():
             return []
         return sorted(p for p in self.folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
 
-    def save(self, step: int) -> Path:
+    def save(self, step: int, throughput: dict[int, float] | None = None) -> Path:
+        """``save_state`` into the checkpoint of ``step``, with ``throughput`` (step -> images/s) beside it."""
         final = self.folder / f"{CHECKPOINT_PREFIX}{step:08d}"
         staging = self.folder / f".{final.name}.partial"
         if self.accelerator.is_main_process:
@@ -203,6 +226,8 @@ class Checkpointer:
         self.accelerator.save_state(str(staging))
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
+            if throughput is not None:
+                (staging / THROUGHPUT_FILE).write_text(json.dumps(throughput))
             shutil.rmtree(final, ignore_errors=True)
             staging.rename(final)
             for old in self.completed()[: -self.keep]:
@@ -225,7 +250,15 @@ class Checkpointer:
             if not path.is_dir():
                 raise FileNotFoundError(f"--resume {spec}: no such checkpoint folder")
         self.accelerator.load_state(str(path))
+        self.resumed_from = path
         return path
+
+    def resumed_throughput(self) -> dict[int, float]:
+        """The throughput saved with the checkpoint the run resumed from (none before a resume)."""
+        path = self.resumed_from
+        if path is None or not (path / THROUGHPUT_FILE).is_file():
+            return {}
+        return {int(step): value for step, value in json.loads((path / THROUGHPUT_FILE).read_text()).items()}
 
 
 def resume_and_track(
@@ -278,6 +311,7 @@ class RunMonitor:
             dynamic_ncols=True,
         )
         self._tick = time.perf_counter()
+        state.throughput.update(checkpointer.resumed_throughput())
         RunMonitor.active = self
 
     def batches(self, loader: Any, epoch_steps: Sequence[int], *epoch_aware: Any) -> Iterator[tuple[int, Any]]:
@@ -305,9 +339,9 @@ class RunMonitor:
         self._tick = now
         step = self.state.step
         if step % self.args.log_every_steps == 0 or step == self.total_steps:
-            record = {"step": step, **values, "images_per_second": throughput}
-            self.state.history.append(record)
-            self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+            self.state.history.append({"step": step, **values})
+            self.state.throughput[step] = throughput
+            self.accelerator.log({**values, "images_per_second": throughput}, step=step)
             shown = {k: f"{v:.4g}" for k, v in values.items() if k in ("loss", "lr")}
             self.progress.set_postfix(**shown, img_s=f"{throughput:.1f}")
         self.progress.update(1)
@@ -315,9 +349,9 @@ class RunMonitor:
             self.save()
 
     def save(self) -> None:
-        self.checkpointer.save(self.state.step)
+        self.checkpointer.save(self.state.step, self.state.throughput)
         if self.accelerator.is_main_process:
-            write_history(self.state.history, self.output_dir, self.logged_keys)
+            write_history(self.state.logged(), self.output_dir, self.logged_keys)
 
     @property
     def finished(self) -> bool:
@@ -326,7 +360,7 @@ class RunMonitor:
     def close(self) -> None:
         self.progress.close()
         if self.accelerator.is_main_process:
-            write_history(self.state.history, self.output_dir, self.logged_keys)
+            write_history(self.state.logged(), self.output_dir, self.logged_keys)
         RunMonitor.active = None
 
     def interrupted(self) -> str:
