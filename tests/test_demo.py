@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from training import demo
 
 
@@ -50,3 +52,19 @@ def test_demo_runs_every_stage_and_skips_finished_ones(tmp_path, capsys):
 def test_the_toy_demo_has_its_own_folder():
     assert demo.parse_args(["--toy"]).output_dir == Path("outputs/demo-toy")
     assert demo.parse_args([]).output_dir == Path("outputs/demo")
+
+
+def test_seed_table_summarises_finished_runs_and_names_a_missing_one(tmp_path, capsys):
+    for seed, score in ((0, 0.10), (1, 0.16), (2, 0.13)):
+        run = tmp_path / f"seed{seed}"
+        run.mkdir()
+        starts = {"PASS pre-training": {"mAP": score, "rank1": score / 2, "mINP": score / 4},
+                  "random init": {"mAP": 0.1, "rank1": 0.05, "mINP": 0.02}}
+        (run / "results.json").write_text(json.dumps({"seed": seed, "threads": 2, "fine-tuned": starts}))
+    demo.main(["--seed_table", *(str(tmp_path / f"seed{seed}") for seed in range(3))])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| initialisation | mAP seeds 0 / 1 / 2 | mean +- sd |")
+    assert lines[2].startswith("| PASS pre-training | 10.0 / 16.0 / 13.0 | 13.0 +- 3.0 | 5.0 / 8.0 / 6.5 |")
+    assert lines[3].startswith("| random init | 10.0 / 10.0 / 10.0 | 10.0 +- 0.0 |")
+    with pytest.raises(SystemExit, match=r"results.json\) in .*absent"):
+        demo.main(["--seed_table", str(tmp_path / "seed0"), str(tmp_path / "absent")])

@@ -4,6 +4,7 @@
     python -m training.demo --seed 1 --output_dir outputs/demo-seed1   # the same with another seed
     python -m training.demo --force                # run every stage again
     python -m training.demo --toy                  # outputs/demo-toy: a few steps per stage, to check the plumbing
+    python -m training.demo --seed_table outputs/demo outputs/demo-seed1 outputs/demo-seed2   # mean and spread
 
 Stages (each a training script run in its own process with the ``cpu_demo`` recipe): PASS pre-training, DINO
 pre-training without [PART] tokens (the ablation), fine-tuning from each of the two and from random init with
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -225,6 +227,30 @@ def result_table(stages: dict[str, Stage]) -> tuple[str, dict[str, dict[str, flo
     return "\n".join(lines), scores
 
 
+def seed_table(summaries: list[dict]) -> str:
+    """Each start's fine-tuned mAP, Rank-1 and mINP at every seed, with their mean and spread (sample standard
+    deviation), from the ``results.json`` of finished demo runs.
+
+    Example:
+        >>> runs = [{"seed": s, "threads": 2, "fine-tuned": {"random init": {"mAP": m, "rank1": m, "mINP": m}}}
+        ...         for s, m in ((0, 0.1), (1, 0.12), (2, 0.14))]
+        >>> seed_table(runs).splitlines()[-1].split(" | ")[:3]  # the start, its mAP at each seed, mean +- sd
+        ['| random init', '10.0 / 12.0 / 14.0', '12.0 +- 2.0']
+    """
+    seeds = " / ".join(str(summary["seed"]) for summary in summaries)
+    metrics = ("mAP", "rank1", "mINP")
+    header = " | ".join(f"{label} seeds {seeds} | mean +- sd" for label in ("mAP", "Rank-1", "mINP"))
+    lines = [f"| initialisation | {header} |", "|---" + "|---:" * 2 * len(metrics) + "|"]
+    for start in summaries[0]["fine-tuned"]:
+        cells = []
+        for metric in metrics:
+            values = [100 * summary["fine-tuned"][start][metric] for summary in summaries]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells += [" / ".join(f"{value:.1f}" for value in values), f"{statistics.mean(values):.1f} +- {spread:.1f}"]
+        lines.append(f"| {start} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = FlagParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", type=Path, default=None,
@@ -232,6 +258,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of every stage")
     parser.add_argument("--force", action="store_true", help="run every stage again")
     parser.add_argument("--toy", action="store_true", help="tiny data and 2 steps per stage (for tests)")
+    parser.add_argument("--seed_table", nargs="+", type=Path, metavar="DIR", default=None,
+                        help="run nothing: print each start's scores over the finished demo runs in these folders "
+                        "(one per seed), with mean and spread")
     args = parser.parse_args(argv)
     args.output_dir = args.output_dir or Path("outputs/demo-toy" if args.toy else "outputs/demo")
     return args
@@ -239,6 +268,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.seed_table:
+        missing = [str(folder) for folder in args.seed_table if not (folder / "results.json").is_file()]
+        if missing:
+            raise SystemExit(f"--seed_table: no finished demo run (results.json) in {', '.join(missing)}")
+        summaries = [json.loads((folder / "results.json").read_text()) for folder in args.seed_table]
+        print(seed_table(summaries))
+        return {"seed_table": summaries}
     started = time.perf_counter()
     stages = build_stages(args.output_dir, args.toy, args.seed)
     for index, stage in enumerate(stages, 1):

@@ -60,8 +60,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, default_output_dir: st
     run.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
                      help="deterministic kernels (default), so that one seed gives the same model twice on one "
                      "machine; --no_deterministic lets torch pick faster kernels that may sum in another order each "
-                     "run and takes the recipe's cuDNN flags (cost of determinism on a 2-core CPU at the demo's "
-                     "size: see benchmarks/bench_determinism.py)")
+                     "run and takes the recipe's cuDNN flags. Cost of determinism measured on a 2-core CPU at the "
+                     "demo's size: none beyond noise (steps/s 1.07x pre-training, 1.02x fine-tuning those of "
+                     "--no_deterministic; benchmarks/bench_determinism.py); on GPUs not measured")
 
 
 def _default_tracker() -> str:
