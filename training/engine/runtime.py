@@ -97,21 +97,19 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
         # accelerate drops fp16 autocast on a CPU without a word; bf16 is the CPU's mixed precision.
         accelerator.print("--mixed_precision fp16 runs in fp32 on a CPU; use bf16 for mixed precision here")
     set_seed(args.seed)
-    use_deterministic_kernels(args.deterministic)
-    if not args.deterministic and hasattr(args, "cudnn_benchmark"):
-        torch.backends.cudnn.benchmark = args.cudnn_benchmark
-        torch.backends.cudnn.deterministic = args.cudnn_deterministic
+    use_deterministic_kernels(args.deterministic, cudnn_when_off=(getattr(args, "cudnn_benchmark", False),
+                                                                  getattr(args, "cudnn_deterministic", False)))
     return accelerator
 
 
-def use_deterministic_kernels(on: bool) -> None:
+def use_deterministic_kernels(on: bool, cudnn_when_off: tuple[bool, bool] = (False, False)) -> None:
     """Make (or stop making) torch pick kernels that give the same bits every run on one machine.
 
     On: ``torch.use_deterministic_algorithms``, cuDNN without autotuning, and a fixed cuBLAS workspace (it only
-    takes effect when set before CUDA's first matmul, so runs set it at start). Off: torch's defaults; the recipe's
-    cuDNN flags are applied by the caller. A kernel that sums with atomic adds orders the sum by thread timing:
-    the backward of PASS's per-stripe [PART] token gather (``index_put_`` with ``accumulate=True``) is one such
-    kernel on the CPU, and it made two seeded pre-training runs part after a few steps.
+    takes effect when set before CUDA's first matmul, so runs set it at start). Off: torch's defaults, with
+    ``cudnn_when_off`` = (benchmark, deterministic), the recipe's cuDNN flags. A kernel that sums with atomic
+    adds orders the sum by thread timing: the backward of PASS's per-stripe [PART] token gather (``index_put_``
+    with ``accumulate=True``) is one such kernel on the CPU, and it made two seeded pre-training runs part.
 
     Example:
         >>> use_deterministic_kernels(True); torch.are_deterministic_algorithms_enabled()
@@ -121,8 +119,7 @@ def use_deterministic_kernels(on: bool) -> None:
     """
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = (False, True) if on else cudnn_when_off
     torch.use_deterministic_algorithms(on)
 
 
