@@ -14,6 +14,7 @@ from .data.cli import add_synth_command
 from .deployment.cli import add_deployment_commands
 from .deployment.embedder import FEATURE_CHOICES
 from .flags import FlagParser, non_negative_int, positive_int
+from .track_command import add_track_command
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="skip the TPR-at-FPR thresholds (they cost one more pass over all pairs)")
     evaluate.set_defaults(func=_eval)
     add_synth_command(commands)
+    add_track_command(commands)
     add_deployment_commands(commands)
     return parser
 

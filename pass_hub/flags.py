@@ -2,8 +2,8 @@
 parsed, so that a message names the flag and the rule ("must be >= 1") before any rule that combines flags.
 
 Example:
-    >>> positive_int("3"), non_negative_int("0"), positive_float("1e-3")
-    (3, 0, 0.001)
+    >>> positive_int("3"), non_negative_int("0"), positive_float("1e-3"), non_negative_float("0"), fraction("0.5")
+    (3, 0, 0.001, 0.0, 0.5)
 """
 
 from __future__ import annotations
@@ -33,6 +33,22 @@ def positive_float(text: str) -> float:
     value = float(text)
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A spread or a size that may be zero (noise)."""
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A share: a number in [0, 1]."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
 
 

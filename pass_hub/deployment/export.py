@@ -30,7 +30,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import warnings
@@ -43,6 +42,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_file
+from ..extras import require_extra
 from .embedder import ReIDEmbedder, load_reid_model
 from .preprocessing import Preprocessing, embedding_metadata
 
@@ -108,19 +108,6 @@ EXPORT_MODULES = ("onnx", "onnxscript")
 RUNTIME_MODULES = ("onnxruntime",)
 
 
-def require_onnx_extra(modules: Sequence[str], purpose: str) -> None:
-    """Raise ``ImportError`` saying which extra to install when one of ``modules`` is missing.
-
-    Example:
-        >>> require_onnx_extra(["onnxruntime"], "running an ONNX file")
-    """
-    missing = [name for name in modules if importlib.util.find_spec(name) is None]
-    if missing:
-        raise ImportError(
-            f"{purpose} needs {', '.join(missing)}, from pass-hub's onnx extra: pip install 'pass-hub[onnx]'"
-        )
-
-
 def export_onnx(
     model: str | Path | nn.Module,
     out: str | Path,
@@ -159,7 +146,7 @@ def export_onnx(
         ('tiny.onnx', True)
     """
     needs_runtime = verify or quantize is not None
-    require_onnx_extra([*EXPORT_MODULES, *(RUNTIME_MODULES if needs_runtime else ())], "exporting to ONNX")
+    require_extra("onnx", [*EXPORT_MODULES, *(RUNTIME_MODULES if needs_runtime else ())], "exporting to ONNX")
     if quantize not in (None, *QUANTIZATIONS):
         raise ValueError(f"quantize={quantize!r}; expected None or one of {QUANTIZATIONS}")
     out = Path(out)
@@ -272,7 +259,7 @@ class OnnxReIDModel:
         providers: Sequence[str] = ("CPUExecutionProvider",),
         threads: int | None = None,
     ) -> None:
-        require_onnx_extra(RUNTIME_MODULES, "running an ONNX file")
+        require_extra("onnx", RUNTIME_MODULES, "running an ONNX file")
         import onnxruntime
 
         self.path = Path(path)

@@ -1,0 +1,210 @@
+"""Run a BoxMOT tracker over a MOTChallenge sequence through BoxMOT's own ``TrackingPipeline``, with a PASS model
+as its appearance encoder (:func:`track_sequence`).
+
+Detections come from the sequence's ``det/det.txt`` or from its ground truth (``gt/gt.txt``), optionally jittered
+and thinned (:func:`load_detections`), so that trackers can be compared on the same boxes.
+
+Example:
+    >>> result = track_sequence("out/synth-video", tracker="botsort", model="out/pass-vit-reid")  # doctest: +SKIP
+    >>> result.frames_per_second, result.crops_per_second  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from boxmot import create_tracker
+from boxmot.pipelines import TrackingPipeline
+from boxmot.structures import Boxes, Detections, Frame
+from boxmot.trackers.registry import TRACKER_DEFINITIONS
+from boxmot.trackers.specs import TrackerFamily, TrackerSpec
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..data.motchallenge import DETECTIONS_FILE, GT_FILE, SequenceInfo, read_boxes, read_sequence_info, write_boxes
+from ..data.video import detections_from_ground_truth
+from .encoder import PassAppearanceEncoder
+
+# BoxMOT's box trackers (the multimodal ones need masks); which of them can use appearance is BoxMOT's to say.
+TRACKERS = tuple(sorted(name for name, definition in TRACKER_DEFINITIONS.items()
+                        if definition.capabilities.family is TrackerFamily.BOX))
+DETECTION_SOURCES = ("det", "gt")
+
+
+def uses_appearance(tracker: str) -> bool:
+    """Whether BoxMOT's ``tracker`` can take appearance embeddings (BoT-SORT, DeepOCSORT ...; not ByteTrack)."""
+    return TRACKER_DEFINITIONS[tracker].capabilities.accepts_embeddings
+
+
+def load_detections(
+    sequence: str | Path,
+    source: str = "det",
+    *,
+    box_noise: float = 0.0,
+    drop: float = 0.0,
+    min_visibility: float = 0.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """Detection rows ``frame, -1, left, top, width, height, score, ...`` of a sequence.
+
+    ``source="det"`` reads ``det/det.txt`` (scores must be in [0, 1], as BoxMOT takes them); ``"gt"`` makes
+    detections from ``gt/gt.txt`` (:func:`pass_hub.data.video.detections_from_ground_truth`): people below
+    ``min_visibility`` missed, a share ``drop`` of the rest missed, box edges jittered by ``box_noise`` times the
+    box size, seeded by ``seed``.
+    """
+    root = Path(sequence)
+    info = read_sequence_info(root)
+    if source == "gt":
+        return detections_from_ground_truth(
+            read_boxes(root / GT_FILE), image_size=(info.height, info.width), min_visibility=min_visibility,
+            box_noise=box_noise, drop=drop, seed=seed,
+        )
+    if source != "det":
+        raise ValueError(f"detections source {source!r}; expected one of {DETECTION_SOURCES}")
+    if box_noise or drop or min_visibility:
+        raise ValueError("box noise, drops and min visibility make detections from the ground truth; use source='gt'"
+                         " (CLI: --detections gt)")
+    rows = read_boxes(root / DETECTIONS_FILE)
+    scores = rows[:, 6]
+    if len(rows) and (scores.min() < 0 or scores.max() > 1):
+        raise ValueError(f"{root / DETECTIONS_FILE}: scores run from {scores.min():g} to {scores.max():g}; BoxMOT "
+                         "takes detection scores in [0, 1] (rescale them, or track the ground truth: --detections gt)")
+    return rows
+
+
+@dataclass
+class TrackingResult:
+    """What :func:`track_sequence` returns: the tracks and how fast they came."""
+
+    sequence: str
+    tracker: str
+    model: str  # "" when the tracker ran without appearance
+    tracks: np.ndarray  # MOTChallenge rows: frame, id, left, top, width, height, score, -1, -1, -1
+    frames: int
+    seconds: float  # the whole loop: reading frames, encoding crops, tracking
+    crops: int = 0
+    encoder_seconds: float = 0.0
+    scores: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+    @property
+    def crops_per_second(self) -> float:
+        """Crops the appearance encoder embedded per second of its own time (0 without appearance)."""
+        return self.crops / self.encoder_seconds if self.encoder_seconds else 0.0
+
+    def save(self, path: str | Path) -> Path:
+        """Write the tracks as a MOTChallenge result file (atomically)."""
+        return write_boxes(path, self.tracks)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "sequence": self.sequence, "tracker": self.tracker, "model": self.model, "frames": self.frames,
+            "tracks": len(np.unique(self.tracks[:, 1])) if len(self.tracks) else 0,
+            "seconds": round(self.seconds, 3), "frames_per_second": round(self.frames_per_second, 2),
+            "crops": self.crops, "crops_per_second": round(self.crops_per_second, 1), "scores": self.scores,
+        }
+
+
+def _read_frame(info: SequenceInfo, root: Path, index: int) -> torch.Tensor:
+    path = info.frame_path(root, index)
+    if not path.is_file():
+        raise FileNotFoundError(f"frame {index} of {info.name} is missing: {path}")
+    with Image.open(path) as image:
+        pixels = np.array(image.convert("RGB"))  # a writable copy for torch
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+
+def _detections(rows: np.ndarray, sample_id: str) -> Detections:
+    corners = np.column_stack([rows[:, 2], rows[:, 3], rows[:, 2] + rows[:, 4], rows[:, 3] + rows[:, 5]])
+    return Detections(
+        Boxes(torch.as_tensor(corners, dtype=torch.float32).reshape(-1, 4).contiguous()),
+        torch.as_tensor(rows[:, 6], dtype=torch.float32).contiguous(),
+        torch.zeros(len(rows), dtype=torch.int64),  # one class: person
+        sample_id=sample_id,
+    )
+
+
+def track_sequence(
+    sequence: str | Path,
+    *,
+    tracker: str = "botsort",
+    model: str | Path | PassAppearanceEncoder | None = None,
+    feature: str = "deployment",
+    detections: np.ndarray | None = None,
+    tracker_options: Mapping[str, object] | None = None,
+    max_frames: int | None = None,
+    batch_size: int = 64,
+    device: str | None = None,
+    progress: bool = True,
+    score: bool = True,
+) -> TrackingResult:
+    """Track the people of a MOTChallenge sequence with BoxMOT's ``tracker`` and, for trackers that use
+    appearance, ``model`` as the appearance encoder (:class:`PassAppearanceEncoder`).
+
+    Args:
+        sequence: A folder with ``seqinfo.ini`` and the frames (``img1/``).
+        tracker: One of :data:`TRACKERS` (BoxMOT names: ``bytetrack``, ``ocsort``, ``botsort``, ``deepocsort`` ...).
+        model: What encodes appearance (anything :class:`PassAppearanceEncoder` takes); required by trackers that
+            use appearance, unless ``tracker_options`` turn it off (``{"use_embeddings": False}``).
+        feature: Which embedding of a PyTorch model (:class:`PassAppearanceEncoder`).
+        detections: Rows from :func:`load_detections`; default: the sequence's ``det/det.txt``.
+        tracker_options: BoxMOT options of the tracker (its YAML config's keys), e.g. ``{"track_buffer": 60}``.
+        max_frames: Track only the first frames (a quick look).
+        score: Score against ``gt/gt.txt`` with TrackEval when the sequence has one (:attr:`TrackingResult.scores`;
+            with ``max_frames``, against those frames).
+    """
+    root = Path(sequence)
+    info = read_sequence_info(root)
+    if tracker not in TRACKERS:
+        raise ValueError(f"unknown tracker {tracker!r}; BoxMOT's box trackers are {', '.join(TRACKERS)}")
+    rows = load_detections(root) if detections is None else np.asarray(detections, dtype=np.float64)
+    spec = TrackerSpec(tracker, options=tuple(sorted((tracker_options or {}).items())))
+    boxmot_tracker = create_tracker(spec)
+    encoder = None
+    if boxmot_tracker.requirements.embeddings:
+        if model is None:
+            raise ValueError(f"tracker {tracker} uses appearance: give a model (CLI: --model), or track without it "
+                             "(tracker option use_embeddings=false)")
+        encoder = model if isinstance(model, PassAppearanceEncoder) else PassAppearanceEncoder(
+            model, feature=feature, batch_size=batch_size, device=device)
+    elif model is not None:
+        raise ValueError(f"tracker {tracker} does not use appearance, so a model would be ignored; leave it out or "
+                         f"pick one that does ({', '.join(name for name in TRACKERS if uses_appearance(name))})")
+    pipeline = TrackingPipeline(detector=None, tracker=boxmot_tracker, reid=encoder)
+    frames = min(info.frames, max_frames or info.frames)
+    frame_numbers = rows[:, 0].astype(np.int64)
+    starts = np.searchsorted(frame_numbers, np.arange(1, frames + 2))
+    outputs = []
+    started = time.perf_counter()
+    bar = tqdm(range(1, frames + 1), desc=f"{tracker} on {info.name}", unit="frame", disable=not progress)
+    for index in bar:
+        sample_id = f"{info.name}/{index:06d}"
+        frame = Frame(_read_frame(info, root, index), sample_id=sample_id, sequence_id=info.name,
+                      frame_index=index)
+        result = pipeline.step_detections(frame, _detections(rows[starts[index - 1]:starts[index]], sample_id))
+        tracks = result.tracks
+        if len(tracks):
+            corners = tracks.geometry.values.double().numpy()
+            outputs.append(np.column_stack([
+                np.full(len(tracks), index), tracks.track_ids.numpy() + 1, corners[:, :2],
+                corners[:, 2:] - corners[:, :2], tracks.scores.double().numpy(), -np.ones((len(tracks), 3)),
+            ]))
+    seconds = time.perf_counter() - started
+    result = TrackingResult(
+        info.name, tracker, encoder.embedder.source if encoder else "",
+        np.concatenate(outputs) if outputs else np.zeros((0, 10)), frames, seconds,
+        encoder.crops if encoder else 0, encoder.seconds if encoder else 0.0,
+    )
+    if score and (root / GT_FILE).is_file():
+        from .scoring import score_tracks
+
+        result.scores = score_tracks(root, result.tracks, frames=frames)
+    return result
