@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from boxmot import create_tracker
 from boxmot.pipelines import TrackingPipeline
+from boxmot.reid import AppearanceEncoder
 from boxmot.structures import Boxes, Detections, Frame
 from boxmot.trackers.registry import TRACKER_DEFINITIONS
 from boxmot.trackers.specs import TrackerFamily, TrackerSpec
@@ -136,7 +137,7 @@ def track_sequence(
     sequence: str | Path,
     *,
     tracker: str = "botsort",
-    model: str | Path | PassAppearanceEncoder | None = None,
+    model: str | Path | AppearanceEncoder | None = None,
     feature: str = "deployment",
     detections: np.ndarray | None = None,
     tracker_options: Mapping[str, object] | None = None,
@@ -152,8 +153,9 @@ def track_sequence(
     Args:
         sequence: A folder with ``seqinfo.ini`` and the frames (``img1/``).
         tracker: One of :data:`TRACKERS` (BoxMOT names: ``bytetrack``, ``ocsort``, ``botsort``, ``deepocsort`` ...).
-        model: What encodes appearance (anything :class:`PassAppearanceEncoder` takes); required by trackers that
-            use appearance, unless ``tracker_options`` turn it off (``{"use_embeddings": False}``).
+        model: What encodes appearance: anything :class:`PassAppearanceEncoder` takes, or any object implementing
+            BoxMOT's ``AppearanceEncoder`` protocol; required by trackers that use appearance, unless
+            ``tracker_options`` turn it off (``{"use_embeddings": False}``).
         feature: Which embedding of a PyTorch model (:class:`PassAppearanceEncoder`).
         detections: Rows from :func:`load_detections`; default: the sequence's ``det/det.txt``.
         tracker_options: BoxMOT options of the tracker (its YAML config's keys), e.g. ``{"track_buffer": 60}``.
@@ -173,7 +175,7 @@ def track_sequence(
         if model is None:
             raise ValueError(f"tracker {tracker} uses appearance: give a model (CLI: --model), or track without it "
                              "(tracker option use_embeddings=false)")
-        encoder = model if isinstance(model, PassAppearanceEncoder) else PassAppearanceEncoder(
+        encoder = model if isinstance(model, AppearanceEncoder) else PassAppearanceEncoder(
             model, feature=feature, batch_size=batch_size, device=device)
     elif model is not None:
         raise ValueError(f"tracker {tracker} does not use appearance, so a model would be ignored; leave it out or "
@@ -198,10 +200,13 @@ def track_sequence(
                 corners[:, 2:] - corners[:, :2], tracks.scores.double().numpy(), -np.ones((len(tracks), 3)),
             ]))
     seconds = time.perf_counter() - started
+    if encoder is None:
+        model_name = ""
+    else:
+        model_name = encoder.embedder.source if isinstance(encoder, PassAppearanceEncoder) else type(encoder).__name__
     result = TrackingResult(
-        info.name, tracker, encoder.embedder.source if encoder else "",
-        np.concatenate(outputs) if outputs else np.zeros((0, 10)), frames, seconds,
-        encoder.crops if encoder else 0, encoder.seconds if encoder else 0.0,
+        info.name, tracker, model_name, np.concatenate(outputs) if outputs else np.zeros((0, 10)), frames, seconds,
+        getattr(encoder, "crops", 0), getattr(encoder, "seconds", 0.0),
     )
     if score and (root / GT_FILE).is_file():
         from .scoring import score_tracks
