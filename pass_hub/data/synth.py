@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,7 @@ from .cameras import (
     sample_viewpoint,
 )
 from .naming import MARKET1501
+from .options import CommandLineOptions, option
 from .schema import LABELLED_SPLITS, UNKNOWN, UNLABELLED_SPLIT, make_split
 
 SPLITS = (*LABELLED_SPLITS, UNLABELLED_SPLIT)
@@ -60,12 +61,8 @@ _MARKET_FRAME_STEP = 25  # frames between two saved crops of one camera, as in M
 _SLOPPY_DETECTION = 0.08  # share of crops whose box cuts off the head or the feet
 
 
-def _option(default: object, help: str) -> object:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
-class SynthPersonConfig:
+class SynthPersonConfig(CommandLineOptions):
     """Sizes and seed of a SynthPerson set.
 
     The defaults make a small set: 1,257 train images of 100 ids, 100 queries and 561 gallery images (50 ids +
@@ -77,18 +74,20 @@ class SynthPersonConfig:
         (128, 64)
     """
 
-    seed: int = _option(0, "seed of identities and images (cameras depend on --domain only)")
-    train_ids: int = _option(100, "identities in the train split")
-    test_ids: int = _option(50, "identities in query/gallery, disjoint from the train ones")
-    cameras: int = _option(6, "cameras of the network (Market-1501 has 6)")
-    images_per_camera: int = _option(3, "images of an identity in each camera that sees it (>= 2)")
-    min_cameras_per_id: int = _option(2, "fewest cameras that see one identity (each sees 2..cameras)")
-    queries_per_id: int = _option(2, "query images per test identity, each from another camera")
-    distractors: int = _option(100, "gallery images of unrelated people (pid 0)")
-    unlabelled: int = _option(600, "images in the unlabelled pre-training pool (pid -1)")
-    family_size: int = _option(3, "identities per family: siblings differ from the first in one part only")
-    image_size: tuple[int, int] = _option((256, 128), "crop (height, width); on the command line 256x128")
-    domain: int = _option(0, "camera network; another value gives other cameras / lighting / scenes (UDA)")
+    OPTIONS_NAME = "SynthPerson"
+
+    seed: int = option(0, "seed of identities and images (cameras depend on --domain only)")
+    train_ids: int = option(100, "identities in the train split")
+    test_ids: int = option(50, "identities in query/gallery, disjoint from the train ones")
+    cameras: int = option(6, "cameras of the network (Market-1501 has 6)")
+    images_per_camera: int = option(3, "images of an identity in each camera that sees it (>= 2)")
+    min_cameras_per_id: int = option(2, "fewest cameras that see one identity (each sees 2..cameras)")
+    queries_per_id: int = option(2, "query images per test identity, each from another camera")
+    distractors: int = option(100, "gallery images of unrelated people (pid 0)")
+    unlabelled: int = option(600, "images in the unlabelled pre-training pool (pid -1)")
+    family_size: int = option(3, "identities per family: siblings differ from the first in one part only")
+    image_size: tuple[int, int] = option((256, 128), "crop (height, width); on the command line 256x128")
+    domain: int = option(0, "camera network; another value gives other cameras / lighting / scenes (UDA)")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_size", tuple(self.image_size))  # a list from JSON / YAML is fine too
@@ -112,31 +111,6 @@ class SynthPersonConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"invalid SynthPersonConfig: {message} ({self})")
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, object]) -> SynthPersonConfig:
-        """A config from ``{"field": value}`` where values may be strings (``"image_size": "256x128"``)."""
-        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-        typed: dict[str, object] = {}
-        for name, value in options.items():
-            if name not in defaults:
-                raise ValueError(f"unknown SynthPerson option {name!r}; expected one of {', '.join(defaults)}")
-            try:
-                if name == "image_size" and isinstance(value, str):
-                    typed[name] = tuple(int(side) for side in value.lower().split("x"))
-                else:
-                    typed[name] = int(value)  # type: ignore[call-overload]
-            except ValueError:
-                raise ValueError(
-                    f"SynthPerson option {name}={value!r} is not a valid {type(defaults[name]).__name__}"
-                    + (" (write HEIGHTxWIDTH)" if name == "image_size" else "")
-                ) from None
-        return cls(**typed)  # type: ignore[arg-type]
-
-    @classmethod
-    def option_help(cls) -> dict[str, str]:
-        """Help text of each field (used by the CLI)."""
-        return {f.name: f.metadata["help"] for f in dataclasses.fields(cls)}
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ from ..atomic import atomic_directory
 from .appearance import Appearance, Viewpoint, draw_person, sample_family
 from .cameras import Camera, apply_camera, render_background, sample_camera
 from .motchallenge import DETECTIONS_FILE, GT_FILE, SequenceInfo, write_boxes, write_sequence_info
+from .options import CommandLineOptions, option
 
 # Stream ids keep identities, walks, frames and detections independent random draws.
 _IDENTITY_STREAM, _WALK_STREAM, _FRAME_STREAM, _DETECTION_STREAM = 0x71DE, 0x3A1C, 0xF4A3E, 0xDE7
@@ -49,12 +50,8 @@ MIN_VISIBILITY = 0.25  # a detector finds people at least this visible
 WALKING_SPEED = (0.022, 0.032)  # body heights per frame at 30 fps (about 1.1-1.6 m/s for 1.7 m)
 
 
-def _option(default: object, help: str) -> object:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
-class SynthVideoConfig:
+class SynthVideoConfig(CommandLineOptions):
     """Length, size, crowd and seed of a SynthPerson video.
 
     The defaults: 450 frames of 640x360 at 30 fps (15 s), 10 identities (5 look-alike pairs) who each cross the
@@ -65,19 +62,21 @@ class SynthVideoConfig:
         100
     """
 
-    seed: int = _option(0, "seed of identities and walks")
-    frames: int = _option(450, "frames of the video")
-    people: int = _option(10, "identities walking through the scene")
-    passes: int = _option(2, "times each identity crosses the scene (the second and later ones are re-entries)")
-    family_size: int = _option(2, "identities per family of look-alikes that differ in one part")
-    width: int = _option(640, "frame width in pixels")
-    height: int = _option(360, "frame height in pixels")
-    frame_rate: int = _option(30, "frames per second")
-    domain: int = _option(0, "camera network the scene is drawn from (as for the ReID images)")
-    camera: int = _option(0, "camera of that network whose scene and sensor are used")
-    min_visibility: float = _option(MIN_VISIBILITY, "det/det.txt: people less visible than this are not detected")
-    box_noise: float = _option(0.04, "det/det.txt: standard deviation of the box edges, as a share of the box size")
-    drop: float = _option(0.05, "det/det.txt: share of visible people the detector misses")
+    OPTIONS_NAME = "video"
+
+    seed: int = option(0, "seed of identities and walks")
+    frames: int = option(450, "frames of the video")
+    people: int = option(10, "identities walking through the scene")
+    passes: int = option(2, "times each identity crosses the scene (the second and later ones are re-entries)")
+    family_size: int = option(2, "identities per family of look-alikes that differ in one part")
+    width: int = option(640, "frame width in pixels")
+    height: int = option(360, "frame height in pixels")
+    frame_rate: int = option(30, "frames per second")
+    domain: int = option(0, "camera network the scene is drawn from (as for the ReID images)")
+    camera: int = option(0, "camera of that network whose scene and sensor are used")
+    min_visibility: float = option(MIN_VISIBILITY, "det/det.txt: people less visible than this are not detected")
+    box_noise: float = option(0.04, "det/det.txt: standard deviation of the box edges, as a share of the box size")
+    drop: float = option(0.05, "det/det.txt: share of visible people the detector misses")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -103,25 +102,6 @@ class SynthVideoConfig:
     def name(self) -> str:
         """The sequence name (``seqinfo.ini``, tracker result files)."""
         return f"SYNTHPERSON-{self.seed:02d}"
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, object]) -> SynthVideoConfig:
-        """A config from ``{"field": value}`` where values may be strings (command-line options)."""
-        kinds = {f.name: type(f.default) for f in dataclasses.fields(cls)}
-        typed: dict[str, object] = {}
-        for name, value in options.items():
-            if name not in kinds:
-                raise ValueError(f"unknown video option {name!r}; expected one of {', '.join(kinds)}")
-            try:
-                typed[name] = kinds[name](value)
-            except ValueError:
-                raise ValueError(f"video option {name}={value!r} is not a valid {kinds[name].__name__}") from None
-        return cls(**typed)  # type: ignore[arg-type]
-
-    @classmethod
-    def option_help(cls) -> dict[str, str]:
-        """Help text of each field (used by the CLI)."""
-        return {f.name: f.metadata["help"] for f in dataclasses.fields(cls)}
 
 
 @dataclass(frozen=True)
