@@ -217,6 +217,20 @@ def test_the_encoder_refuses_oriented_boxes_and_bad_settings(reid_folder):
 
 
 @requires_tracking
+def test_the_encoder_takes_every_form_of_model(tmp_path, reid_folder):
+    from pass_hub.tracking import PassAppearanceEncoder
+
+    backbone = pass_hub.PassViTModel(pass_hub.PassViTConfig(**{**TINY, "hidden_size": 64, "num_attention_heads": 1}))
+    checkpoint = tmp_path / "backbone.pth"
+    torch.save(pass_hub.load_reid_model(backbone).model.vit.state_dict(), checkpoint)  # an original-style file
+    assert PassAppearanceEncoder(checkpoint).embedding_dim == 128
+    assert PassAppearanceEncoder(backbone).embedder.feature == "before_neck"  # no necks: the only feature
+    assert PassAppearanceEncoder(reid_folder, feature="evaluation").embedder.feature == "before_neck"
+    with pytest.raises(ValueError, match="has no published weights"):
+        PassAppearanceEncoder("pass_vit_tiny")
+
+
+@requires_tracking
 def test_botsort_tracks_through_boxmots_pipeline_with_pass_and_with_its_onnx_export(tmp_path, sequence,
                                                                                      reid_folder):
     from pass_hub.tracking import PassAppearanceEncoder, track_sequence

@@ -83,7 +83,8 @@ class PassAppearanceEncoder:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if isinstance(model, (OnnxReIDModel, ReIDEmbedder)) or Path(str(model)).suffix == ".onnx":
+        is_onnx_file = isinstance(model, (str, Path)) and Path(model).suffix == ".onnx"
+        if isinstance(model, (OnnxReIDModel, ReIDEmbedder)) or is_onnx_file:
             self.embedder = resolve_embedder(model, device=device)
         else:
             self.embedder = load_reid_model(model, device=device, feature=feature)
