@@ -252,6 +252,10 @@ def test_trackers_without_appearance_and_the_errors_of_track_sequence(sequence, 
 
     bytetrack = track_sequence(sequence, tracker="bytetrack", progress=False, max_frames=20)
     assert bytetrack.crops == 0 and bytetrack.frames == 20 and bytetrack.tracks[:, 0].max() <= 20
+    rows = load_detections(sequence)
+    shuffled = rows[np.lexsort((np.arange(len(rows)), -rows[:, 0]))]  # frames in any order: each gets its own
+    again = track_sequence(sequence, tracker="bytetrack", detections=shuffled, progress=False, max_frames=20)
+    assert np.array_equal(again.tracks, bytetrack.tracks)
     with pytest.raises(ValueError, match="botsort uses appearance: give a model"):
         track_sequence(sequence, tracker="botsort", progress=False)
     motion_only = track_sequence(sequence, tracker="botsort", tracker_options={"use_embeddings": False},

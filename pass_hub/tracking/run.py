@@ -168,6 +168,7 @@ def track_sequence(
     if tracker not in TRACKERS:
         raise ValueError(f"unknown tracker {tracker!r}; BoxMOT's box trackers are {', '.join(TRACKERS)}")
     rows = load_detections(root) if detections is None else np.asarray(detections, dtype=np.float64)
+    rows = rows[np.argsort(rows[:, 0], kind="stable")]  # each frame's detections are one slice
     spec = TrackerSpec(tracker, options=tuple(sorted((tracker_options or {}).items())))
     boxmot_tracker = create_tracker(spec)
     encoder = None
