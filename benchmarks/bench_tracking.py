@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sequence", type=Path, default=Path("outputs/tracking/SYNTHPERSON-00"),
                         help="MOTChallenge sequence; rendered with the default SynthVideoConfig when missing")
     parser.add_argument("--demo", type=Path, default=Path("outputs/demo"), help="output folder of training.demo")
-    parser.add_argument("--trackers", nargs="+", default=["botsort", "deepocsort"], choices=sorted(STILL_CAMERA),
-                        help="trackers that use appearance")
+    parser.add_argument("--trackers", nargs="+", default=["botsort", "deepocsort"], choices=["botsort", "deepocsort"],
+                        help="trackers that use appearance (and can turn it off)")
     args = parser.parse_args(argv)
     from boxmot.utils import logger as boxmot_logger
 

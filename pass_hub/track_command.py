@@ -37,11 +37,14 @@ def _tracker_option(text: str) -> tuple[str, object]:
 
 
 def _track(args: argparse.Namespace) -> int:
-    from boxmot.utils import logger as boxmot_logger  # importing it (re)configures BoxMOT's logging
-
     from .atomic import write_json_atomic
-    from .tracking import load_detections, track_sequence
+    from .pictures.tracks import VIDEO_SUFFIXES, draw_track_sheet, spread_frames, write_track_video
+    from .tracking import load_detections, track_sequence  # first: without the extra it names the extra
     from .tracking.scoring import COUNT_NAMES, SCORE_NAMES
+
+    if args.video and Path(args.video).suffix not in VIDEO_SUFFIXES:  # before minutes of tracking, not after
+        raise ValueError(f"--video {args.video} must end with {', '.join(VIDEO_SUFFIXES)}")
+    from boxmot.utils import logger as boxmot_logger  # importing it (re)configures BoxMOT's logging
 
     boxmot_logger.setLevel(logging.WARNING)  # BoxMOT logs each tracker's settings at INFO
     given = {key: value for key, value in
@@ -80,13 +83,10 @@ def _track(args: argparse.Namespace) -> int:
             out / f"{result.sequence}.json", result.summary() | {"detections": source, "seed": args.seed})]
         print("wrote " + ", ".join(map(str, written)))
     if args.picture:
-        from .pictures.tracks import draw_track_sheet
-
-        picture = draw_track_sheet(args.sequence, result.tracks, args.picture, title=args.tracker, scale=0.75)
+        picture = draw_track_sheet(args.sequence, result.tracks, args.picture, title=args.tracker, scale=0.75,
+                                   frames=spread_frames(result.frames))
         print(f"wrote {picture}")
     if args.video:
-        from .pictures.tracks import write_track_video
-
         video = write_track_video(args.sequence, result.tracks, args.video, title=args.tracker,
                                   frames=range(1, result.frames + 1), scale=0.5)
         print(f"wrote {video}")

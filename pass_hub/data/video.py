@@ -7,7 +7,8 @@ perspective. People are drawn far to near, so nearer people hide farther ones. I
 look-alikes that differ in one part only (as in :mod:`.synth`), so re-identifying someone takes more than colour.
 
 The ground truth is exact: a person's box is the extent of their drawn pixels inside the frame, and visibility is
-the share of their pixels that nobody and nothing hides (MOTChallenge's ``visibility`` column). ``det/det.txt``
+the share of their pixels that nobody and nothing hides and that lie inside the frame (MOTChallenge's
+``visibility`` column: someone half out of the frame is at most half visible). ``det/det.txt``
 holds what a decent detector would return: the boxes of people at least ``min_visibility`` visible, jittered,
 some missed, scored lower when occluded (:func:`detections_from_ground_truth`).
 
@@ -242,7 +243,8 @@ def detections_from_ground_truth(
 ) -> np.ndarray:
     """Detections a decent detector would give, made from ground-truth rows: MOTChallenge ``det.txt`` rows.
 
-    People less visible than ``min_visibility`` are missed, and a share ``drop`` of the others; each box edge moves
+    Only rows to consider (flag 1) of pedestrians (class 1) can be detected; people less visible than
+    ``min_visibility`` are missed, and a share ``drop`` of the others; each box edge moves
     by a normal draw of ``box_noise`` times the box size (then clipped to the image of ``(height, width)``); the
     score falls with occlusion (about 1 for a fully visible person, 0.55 for a half-hidden one).
 
@@ -257,7 +259,8 @@ def detections_from_ground_truth(
     rng = np.random.default_rng([_DETECTION_STREAM, seed])
     rows = np.asarray(ground_truth, dtype=np.float64)
     visibility = rows[:, 8] if rows.shape[1] > 8 else np.ones(len(rows))
-    considered = rows[:, 6] != 0 if rows.shape[1] > 6 else np.ones(len(rows), bool)
+    # MOTChallenge marks rows not to evaluate with 0 and non-pedestrians (cars, static people ...) with class > 1.
+    considered = (rows[:, 6] != 0) & (rows[:, 7] == 1) if rows.shape[1] > 7 else np.ones(len(rows), bool)
     kept = considered & (visibility >= min_visibility) & (rng.random(len(rows)) >= drop)
     rows, visibility = rows[kept], visibility[kept]
     sizes = np.column_stack([rows[:, 4], rows[:, 5], rows[:, 4], rows[:, 5]])

@@ -12,7 +12,7 @@ Example:
 from __future__ import annotations
 
 import colorsys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +52,22 @@ def draw_tracks(image: Image.Image, rows: np.ndarray, *, caption: str | None = N
     return picture
 
 
+def spread_frames(frames: int, count: int = 6) -> list[int]:
+    """``count`` frame numbers spread evenly over 1..``frames`` (first and last included).
+
+    Example:
+        >>> spread_frames(450), spread_frames(3)
+        ([1, 91, 181, 270, 360, 450], [1, 2, 3])
+    """
+    return sorted({int(frame) for frame in np.linspace(1, frames, count).round()})
+
+
 def _frames_with_tracks(
-    sequence: str | Path, tracks: np.ndarray, frames: Sequence[int], title: str
-) -> tuple[SequenceInfo, list[Image.Image]]:
+    sequence: str | Path, tracks: np.ndarray, frames: Sequence[int], title: str, size: tuple[int, int]
+) -> Iterator[Image.Image]:
+    """Each of ``frames`` with its tracks drawn, resized to ``size``, one at a time (a long video stays small)."""
     info = read_sequence_info(sequence)
     tracks = np.asarray(tracks, dtype=np.float64)
-    pictures = []
     for frame in frames:
         if not 1 <= frame <= info.frames:
             raise ValueError(f"frame {frame} is not in {info.name} (frames 1..{info.frames})")
@@ -65,8 +75,12 @@ def _frames_with_tracks(
         if not path.is_file():
             raise FileNotFoundError(f"frame {frame} of {info.name} is missing: {path}")
         with Image.open(path) as image:
-            pictures.append(draw_tracks(image, tracks[tracks[:, 0] == frame], caption=f"{title} frame {frame}"))
-    return info, pictures
+            picture = draw_tracks(image, tracks[tracks[:, 0] == frame], caption=f"{title} frame {frame}")
+        yield picture.resize(size, Image.Resampling.LANCZOS)
+
+
+def _scaled_size(info: SequenceInfo, scale: float) -> tuple[int, int]:
+    return round(info.width * scale) // 2 * 2, round(info.height * scale) // 2 * 2  # codecs want even sizes
 
 
 def draw_track_sheet(
@@ -82,15 +96,13 @@ def draw_track_sheet(
     """Save a PNG of ``frames`` (default: six spread over the sequence) of a MOTChallenge sequence with ``tracks``
     drawn on them, ``columns`` per row, each scaled by ``scale``."""
     info = read_sequence_info(sequence)
-    frames = list(frames) if frames else sorted({int(f) for f in np.linspace(1, info.frames, 6).round()})
-    _, pictures = _frames_with_tracks(sequence, tracks, frames, title)
-    size = (round(info.width * scale), round(info.height * scale))
-    rows = (len(pictures) + columns - 1) // columns
+    frames = list(frames) if frames else spread_frames(info.frames)
+    size = _scaled_size(info, scale)
+    rows = (len(frames) + columns - 1) // columns
     gap = 4
     sheet = Image.new("RGB", (columns * size[0] + (columns - 1) * gap, rows * size[1] + (rows - 1) * gap), BACKGROUND)
-    for index, picture in enumerate(pictures):
-        sheet.paste(picture.resize(size, Image.Resampling.LANCZOS),
-                    ((index % columns) * (size[0] + gap), (index // columns) * (size[1] + gap)))
+    for index, picture in enumerate(_frames_with_tracks(sequence, tracks, frames, title, size)):
+        sheet.paste(picture, ((index % columns) * (size[0] + gap), (index // columns) * (size[1] + gap)))
     with atomic_file(path) as temporary:
         sheet.quantize(256, method=Image.Quantize.MEDIANCUT).save(temporary, format="PNG", optimize=True)
     return Path(path)
@@ -111,13 +123,13 @@ def write_track_video(
     if path.suffix not in VIDEO_SUFFIXES:
         raise ValueError(f"video file {path} must end with {', '.join(VIDEO_SUFFIXES)}")
     info = read_sequence_info(sequence)
-    _, pictures = _frames_with_tracks(sequence, tracks, list(frames or range(1, info.frames + 1)), title)
-    size = (round(info.width * scale) // 2 * 2, round(info.height * scale) // 2 * 2)  # codecs want even sizes
-    pictures = [picture.resize(size, Image.Resampling.LANCZOS) for picture in pictures]
+    size = _scaled_size(info, scale)
+    pictures = _frames_with_tracks(sequence, tracks, list(frames or range(1, info.frames + 1)), title, size)
     with atomic_file(path) as temporary:
         if path.suffix == ".gif":
-            pictures[0].save(temporary, format="GIF", save_all=True, append_images=pictures[1:], loop=0,
-                             duration=round(1000 / info.frame_rate), optimize=True)
+            first = next(pictures)
+            first.save(temporary, format="GIF", save_all=True, append_images=pictures, loop=0,
+                       duration=round(1000 / info.frame_rate), optimize=True)
         else:
             import cv2
 

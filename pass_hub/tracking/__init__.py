@@ -1,6 +1,6 @@
 """Multi-object tracking with PASS features: a BoxMOT appearance encoder (``encoder``), BoxMOT trackers run over a
-MOTChallenge sequence (``run``), their scores from TrackEval (``scoring``) and the ``pass-hub track`` command
-(``cli``). Needs the tracking extra: ``pip install "pass-hub[tracking]"``.
+MOTChallenge sequence (``run``) and their scores from TrackEval (``scoring``); the ``pass-hub track`` command is
+:mod:`pass_hub.track_command`. Needs the tracking extra: ``pip install "pass-hub[tracking]"``.
 
 Example:
     >>> from pass_hub.tracking import PassAppearanceEncoder, track_sequence  # doctest: +SKIP

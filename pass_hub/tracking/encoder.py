@@ -28,7 +28,7 @@ from boxmot.reid import EncoderRequirements
 from boxmot.structures import Boxes, Detections, Frame
 from torch import nn
 
-from ..deployment.embedder import ReIDEmbedder, load_reid_model
+from ..deployment.embedder import load_reid_model
 from ..deployment.embedding import Embedder, embed, resolve_embedder
 from ..deployment.export import OnnxReIDModel
 
@@ -84,7 +84,7 @@ class PassAppearanceEncoder:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         is_onnx_file = isinstance(model, (str, Path)) and Path(model).suffix == ".onnx"
-        if isinstance(model, (OnnxReIDModel, ReIDEmbedder)) or is_onnx_file:
+        if isinstance(model, OnnxReIDModel) or is_onnx_file:
             self.embedder = resolve_embedder(model, device=device)
         else:
             self.embedder = load_reid_model(model, device=device, feature=feature)

@@ -22,13 +22,14 @@ from boxmot import create_tracker
 from boxmot.pipelines import TrackingPipeline
 from boxmot.reid import AppearanceEncoder
 from boxmot.structures import Boxes, Detections, Frame
+from boxmot.trackers.config import load_tracker_defaults
 from boxmot.trackers.registry import TRACKER_DEFINITIONS
 from boxmot.trackers.specs import TrackerFamily, TrackerSpec
 from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data.motchallenge import DETECTIONS_FILE, GT_FILE, SequenceInfo, read_boxes, read_sequence_info, write_boxes
-from ..data.video import detections_from_ground_truth
+from ..data.video import MIN_VISIBILITY, detections_from_ground_truth
 from .encoder import PassAppearanceEncoder
 
 # BoxMOT's box trackers (the multimodal ones need masks); which of them can use appearance is BoxMOT's to say.
@@ -46,36 +47,56 @@ def load_detections(
     sequence: str | Path,
     source: str = "det",
     *,
-    box_noise: float = 0.0,
-    drop: float = 0.0,
-    min_visibility: float = 0.0,
+    box_noise: float | None = None,
+    drop: float | None = None,
+    min_visibility: float | None = None,
     seed: int = 0,
 ) -> np.ndarray:
     """Detection rows ``frame, -1, left, top, width, height, score, ...`` of a sequence.
 
     ``source="det"`` reads ``det/det.txt`` (scores must be in [0, 1], as BoxMOT takes them); ``"gt"`` makes
     detections from ``gt/gt.txt`` (:func:`pass_hub.data.video.detections_from_ground_truth`): people below
-    ``min_visibility`` missed, a share ``drop`` of the rest missed, box edges jittered by ``box_noise`` times the
-    box size, seeded by ``seed``.
+    ``min_visibility`` (default 0.25) missed, a share ``drop`` (default 0) of the rest missed, box edges jittered by
+    ``box_noise`` (default 0) times the box size, seeded by ``seed``.
     """
     root = Path(sequence)
     info = read_sequence_info(root)
     if source == "gt":
         return detections_from_ground_truth(
-            read_boxes(root / GT_FILE), image_size=(info.height, info.width), min_visibility=min_visibility,
-            box_noise=box_noise, drop=drop, seed=seed,
+            read_boxes(root / GT_FILE, min_columns=9), image_size=(info.height, info.width),
+            min_visibility=MIN_VISIBILITY if min_visibility is None else min_visibility, box_noise=box_noise or 0.0,
+            drop=drop or 0.0, seed=seed,
         )
     if source != "det":
         raise ValueError(f"detections source {source!r}; expected one of {DETECTION_SOURCES}")
-    if box_noise or drop or min_visibility:
+    if (box_noise, drop, min_visibility) != (None, None, None):
         raise ValueError("box noise, drops and min visibility make detections from the ground truth; use source='gt'"
                          " (CLI: --detections gt)")
     rows = read_boxes(root / DETECTIONS_FILE)
-    scores = rows[:, 6]
-    if len(rows) and (scores.min() < 0 or scores.max() > 1):
-        raise ValueError(f"{root / DETECTIONS_FILE}: scores run from {scores.min():g} to {scores.max():g}; BoxMOT "
-                         "takes detection scores in [0, 1] (rescale them, or track the ground truth: --detections gt)")
+    check_detections(rows, info, str(root / DETECTIONS_FILE))
     return rows
+
+
+def check_detections(rows: np.ndarray, info: SequenceInfo, source: str) -> None:
+    """Raise ``ValueError`` naming ``source`` and the first bad row unless every row is a detection BoxMOT takes:
+    ``frame, id, left, top, width, height, score`` with finite values, a positive size, a score in [0, 1] and a
+    frame of the sequence."""
+    if rows.ndim != 2 or rows.shape[1] < 7:
+        raise ValueError(f"{source}: detections must be rows of frame, id, left, top, width, height, score; "
+                         f"got an array of shape {rows.shape}")
+    problems = {
+        "a value that is not finite": ~np.isfinite(rows[:, :7]).all(axis=1),
+        "a width or height <= 0": (rows[:, 4] <= 0) | (rows[:, 5] <= 0),
+        "a score outside [0, 1], which BoxMOT refuses (rescale the scores, or --detections gt)":
+            (rows[:, 6] < 0) | (rows[:, 6] > 1),
+        f"a frame outside the sequence's 1..{info.frames}": (rows[:, 0] < 1) | (rows[:, 0] > info.frames)
+            | (rows[:, 0] != np.round(rows[:, 0])),
+    }
+    for problem, bad in problems.items():
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise ValueError(f"{source}: {int(bad.sum())} detection(s) with {problem}; the first: "
+                             f"{', '.join(f'{value:g}' for value in rows[row, :7])}")
 
 
 @dataclass
@@ -90,6 +111,8 @@ class TrackingResult:
     seconds: float  # the whole loop: reading frames, encoding crops, tracking
     crops: int = 0
     encoder_seconds: float = 0.0
+    tracker_options: dict[str, object] = field(default_factory=dict)
+    feature: str = ""  # the embedding a PassAppearanceEncoder compared
     scores: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -107,11 +130,25 @@ class TrackingResult:
 
     def summary(self) -> dict[str, object]:
         return {
-            "sequence": self.sequence, "tracker": self.tracker, "model": self.model, "frames": self.frames,
+            "sequence": self.sequence, "tracker": self.tracker, "tracker_options": self.tracker_options,
+            "model": self.model, "feature": self.feature, "frames": self.frames,
             "tracks": len(np.unique(self.tracks[:, 1])) if len(self.tracks) else 0,
             "seconds": round(self.seconds, 3), "frames_per_second": round(self.frames_per_second, 2),
             "crops": self.crops, "crops_per_second": round(self.crops_per_second, 1), "scores": self.scores,
         }
+
+
+def _create_tracker(name: str, options: dict[str, object], info: SequenceInfo) -> object:
+    """BoxMOT's tracker with ``options``, told the sequence's frame rate (its memory is counted in frames at 30 fps
+    otherwise); an option it does not know is a ``ValueError`` naming the ones it does."""
+    known = load_tracker_defaults(name)
+    if "frame_rate" in known:
+        options = {"frame_rate": info.frame_rate} | options
+    try:
+        return create_tracker(TrackerSpec(name, options=tuple(sorted(options.items()))))
+    except TypeError as err:
+        raise ValueError(f"tracker {name} refused its options {options}: {err}; its options are "
+                         f"{', '.join(sorted(known))}") from None
 
 
 def _read_frame(info: SequenceInfo, root: Path, index: int) -> torch.Tensor:
@@ -167,20 +204,24 @@ def track_sequence(
     info = read_sequence_info(root)
     if tracker not in TRACKERS:
         raise ValueError(f"unknown tracker {tracker!r}; BoxMOT's box trackers are {', '.join(TRACKERS)}")
-    rows = load_detections(root) if detections is None else np.asarray(detections, dtype=np.float64)
+    if detections is None:
+        rows = load_detections(root)
+    else:
+        rows = np.asarray(detections, dtype=np.float64)
+        check_detections(rows, info, "detections")
     rows = rows[np.argsort(rows[:, 0], kind="stable")]  # each frame's detections are one slice
-    spec = TrackerSpec(tracker, options=tuple(sorted((tracker_options or {}).items())))
-    boxmot_tracker = create_tracker(spec)
+    boxmot_tracker = _create_tracker(tracker, dict(tracker_options or {}), info)
     encoder = None
     if boxmot_tracker.requirements.embeddings:
         if model is None:
-            raise ValueError(f"tracker {tracker} uses appearance: give a model (CLI: --model), or track without it "
-                             "(tracker option use_embeddings=false)")
+            switch_off = " or track without it (tracker option use_embeddings=false)" if "use_embeddings" in (
+                load_tracker_defaults(tracker)) else ""
+            raise ValueError(f"tracker {tracker} uses appearance: give a model (CLI: --model){switch_off}")
         encoder = model if isinstance(model, AppearanceEncoder) else PassAppearanceEncoder(
             model, feature=feature, batch_size=batch_size, device=device)
     elif model is not None:
-        raise ValueError(f"tracker {tracker} does not use appearance, so a model would be ignored; leave it out or "
-                         f"pick one that does ({', '.join(name for name in TRACKERS if uses_appearance(name))})")
+        why = "its options turn appearance off" if uses_appearance(tracker) else "it does not use appearance"
+        raise ValueError(f"tracker {tracker} would ignore the model: {why}")
     pipeline = TrackingPipeline(detector=None, tracker=boxmot_tracker, reid=encoder)
     frames = min(info.frames, max_frames or info.frames)
     frame_numbers = rows[:, 0].astype(np.int64)
@@ -207,7 +248,8 @@ def track_sequence(
         model_name = encoder.embedder.source if isinstance(encoder, PassAppearanceEncoder) else type(encoder).__name__
     result = TrackingResult(
         info.name, tracker, model_name, np.concatenate(outputs) if outputs else np.zeros((0, 10)), frames, seconds,
-        getattr(encoder, "crops", 0), getattr(encoder, "seconds", 0.0),
+        getattr(encoder, "crops", 0), getattr(encoder, "seconds", 0.0), dict(tracker_options or {}),
+        encoder.embedder.feature if isinstance(encoder, PassAppearanceEncoder) else "",
     )
     if score and (root / GT_FILE).is_file():
         from .scoring import score_tracks

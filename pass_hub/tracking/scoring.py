@@ -9,7 +9,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import tempfile
 from pathlib import Path
@@ -18,10 +17,11 @@ import numpy as np
 from trackeval.datasets import MotChallenge2DBox
 from trackeval.eval import eval_sequence
 from trackeval.metrics import CLEAR, HOTA, Identity
+from trackeval.utils import TrackEvalException
 
-from ..data.motchallenge import GT_FILE, read_boxes, read_sequence_info, write_boxes, write_sequence_info
+from ..data.motchallenge import GT_FILE, read_boxes, read_sequence_info, write_boxes
 
-# What score_tracks returns, in the order tables show them; fractions in [0, 1] except the counts.
+# What score_tracks returns, in the order tables show them: fractions (MOTA can fall below 0) and counts.
 SCORE_NAMES = ("HOTA", "DetA", "AssA", "IDF1", "IDP", "IDR", "MOTA", "IDSW", "Frag", "MT", "ML")
 COUNT_NAMES = ("IDSW", "Frag", "MT", "ML")
 _TRACKER_NAME = "pass-hub"
@@ -41,21 +41,29 @@ def score_tracks(sequence: str | Path, tracks: np.ndarray, *, frames: int | None
         raise FileNotFoundError(f"{root} has no ground truth {root / GT_FILE} to score against")
     frames = min(frames or info.frames, info.frames)
     ground_truth = read_boxes(root / GT_FILE, min_columns=9)
-    tracks = np.asarray(tracks, dtype=np.float64).reshape(-1, 10)
+    tracks = np.asarray(tracks, dtype=np.float64)
+    if tracks.ndim != 2 or tracks.shape[1] < 6:
+        raise ValueError(f"tracks must be rows of frame, id, left, top, width, height[, score, ...]; got an array "
+                         f"of shape {tracks.shape}")
+    # TrackEval reads MOTChallenge's 10 columns; a missing score counts as 1.
+    scores = tracks[:, 6] if tracks.shape[1] > 6 else np.ones(len(tracks))
+    tracks = np.column_stack([tracks[:, :6], scores, -np.ones((len(tracks), 3))])
     with tempfile.TemporaryDirectory(prefix="pass-hub-trackeval-") as scratch:
         gt_folder, trackers_folder = Path(scratch) / "gt", Path(scratch) / "trackers"
         write_boxes(gt_folder / info.name / GT_FILE, ground_truth[ground_truth[:, 0] <= frames])
-        write_sequence_info(gt_folder / info.name, dataclasses.replace(info, frames=frames))
         write_boxes(trackers_folder / _TRACKER_NAME / "data" / f"{info.name}.txt", tracks[tracks[:, 0] <= frames])
         config = {
             "GT_FOLDER": str(gt_folder), "TRACKERS_FOLDER": str(trackers_folder), "SKIP_SPLIT_FOL": True,
             "SEQ_INFO": {info.name: frames}, "TRACKERS_TO_EVAL": [_TRACKER_NAME], "PRINT_CONFIG": False,
         }
         metrics = [HOTA(), CLEAR({"PRINT_CONFIG": False}), Identity({"PRINT_CONFIG": False})]
-        with contextlib.redirect_stdout(io.StringIO()):  # TrackEval prints its configs
-            dataset = MotChallenge2DBox(config)
-            results = eval_sequence(info.name, dataset, _TRACKER_NAME, ["pedestrian"], metrics,
-                                    [metric.get_name() for metric in metrics])["pedestrian"]
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # TrackEval prints its configs
+                dataset = MotChallenge2DBox(config)
+                results = eval_sequence(info.name, dataset, _TRACKER_NAME, ["pedestrian"], metrics,
+                                        [metric.get_name() for metric in metrics])["pedestrian"]
+        except TrackEvalException as err:
+            raise ValueError(f"TrackEval cannot score these tracks against {root / GT_FILE}: {err}") from None
     hota, clear, identity = results["HOTA"], results["CLEAR"], results["Identity"]
     scores = {name: float(np.mean(hota[name])) for name in ("HOTA", "DetA", "AssA")}
     scores |= {name: float(identity[name]) for name in ("IDF1", "IDP", "IDR")}
