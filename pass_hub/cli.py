@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from .data.cli import add_synth_command
-from .deployment.cli import add_deployment_commands
+from .deployment.cli import add_deployment_commands, add_num_heads_flag
 from .deployment.embedder import FEATURE_CHOICES
 from .flags import FlagParser, non_negative_int, positive_int
 from .track_command import add_track_command
@@ -33,7 +33,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .evaluation.protocol import evaluate_model, save_rank_lists
 
     # First: a wrong --model fails before the data loads.
-    model = load_reid_model(args.model, device=args.device, feature=args.feature)
+    model = load_reid_model(args.model, device=args.device, feature=args.feature, num_heads=args.num_heads)
     data = load_dataset_spec(args.data)
     missing = [split for split in (args.query_split, args.gallery_split) if split not in data]
     if missing:
@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Market-1501 protocol: same-identity same-camera gallery images are ignored per query.",
     )
     evaluate.add_argument("--model", required=True, help="pass-hub folder, hub id, timm name or original checkpoint")
+    add_num_heads_flag(evaluate)
     evaluate.add_argument("--data", default="synthetic", help="dataset spec, e.g. market1501:/data/Market-1501")
     evaluate.add_argument("--query-split", default="query")
     evaluate.add_argument("--gallery-split", default="gallery")

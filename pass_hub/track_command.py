@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 
 from .data.video import MIN_VISIBILITY
+from .deployment.cli import add_num_heads_flag
 from .deployment.embedder import FEATURE_CHOICES
 from .flags import fraction, non_negative_float, non_negative_int, positive_int
 
@@ -63,7 +64,7 @@ def _track(args: argparse.Namespace) -> int:
     result = track_sequence(
         args.sequence, tracker=args.tracker, model=args.model, feature=args.feature, detections=detections,
         tracker_options=dict(args.tracker_option or []), max_frames=args.frames, batch_size=args.batch_size,
-        device=args.device, score=not args.no_score,
+        device=args.device, score=not args.no_score, num_heads=args.num_heads,
     )
     appearance = f"appearance: {result.model}" if result.model else "no appearance"
     print(f"{args.tracker} on {result.sequence} ({result.frames} frames, {source}), {appearance}: "
@@ -118,6 +119,7 @@ def add_track_command(commands: argparse._SubParsersAction) -> None:
     track.add_argument("--seed", type=non_negative_int, default=0, help="seed of the noise and drops (default 0)")
     track.add_argument("--tracker-option", type=_tracker_option, action="append", metavar="KEY=VALUE",
                        help="a BoxMOT option of the tracker, e.g. track_buffer=60 or use_embeddings=false (repeatable)")
+    add_num_heads_flag(track)
     track.add_argument("--feature", default="deployment", choices=FEATURE_CHOICES,
                        help="embedding the tracker compares (default: deployment, the after-neck feature)")
     track.add_argument("--frames", type=positive_int, metavar="N", help="track only the first N frames")

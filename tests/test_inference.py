@@ -262,3 +262,27 @@ def test_in_memory_gallery_for_a_tracker(model):
     assert (result.similarities[:, :-1] >= result.similarities[:, 1:]).all()
     with pytest.raises(ValueError, match="embed both with the same model"):
         index.search(torch.randn(1, 32))
+
+
+@pytest.mark.parametrize("command", ["embed", "search", "export-onnx", "eval"])
+def test_every_model_command_takes_the_heads_of_an_original_checkpoint(tmp_path, gallery, command, capsys):
+    # 96 wide: not 64 values per head, so the file alone does not say 3 heads.
+    config = pass_hub.PassViTConfig(hidden_size=96, num_hidden_layers=1, num_attention_heads=3, image_size=(64, 32))
+    checkpoint = tmp_path / "narrow.pth"
+    torch.save(pass_hub.PassViTModel(config).vit.state_dict(), checkpoint)
+
+    def argv(model: str, out: str) -> list[str]:
+        rest = {
+            "embed": [str(gallery / "0000.jpg"), "--out", str(tmp_path / f"{out}.npy")],
+            "search": ["--gallery", str(gallery / "cam2"), "--query", str(gallery / "0000.jpg")],
+            "export-onnx": [str(tmp_path / f"{out}.onnx")],
+            "eval": ["--data", "synthetic:train_ids=2,test_ids=2,cameras=2,distractors=0,unlabelled=0,"
+                     "image_size=64x32", "--num-workers", "0", "--no-calibration"],
+        }[command]
+        return [command, *(["--model"] if command == "eval" else []), model, *rest]
+
+    assert main(argv(str(checkpoint), "a")) == 2
+    assert "width 96 is not a multiple of 64" in (err := capsys.readouterr().err) and "--num-heads" in err
+    assert main([*argv(str(checkpoint), "b"), "--num-heads", "3"]) == 0, capsys.readouterr().err
+    assert main([*argv("pass_vit_tiny", "c"), "--num_heads", "3"]) == 2
+    assert "applies to original checkpoint files" in capsys.readouterr().err

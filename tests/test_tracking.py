@@ -236,6 +236,10 @@ def test_the_encoder_takes_every_form_of_model(tmp_path, reid_folder):
     assert PassAppearanceEncoder(reid_folder, feature="evaluation").embedder.feature == "before_neck"
     with pytest.raises(ValueError, match="has no published weights"):
         PassAppearanceEncoder("pass_vit_tiny")
+    narrow = pass_hub.PassViTModel(pass_hub.PassViTConfig(**{**TINY, "hidden_size": 96, "num_attention_heads": 3}))
+    torch.save(narrow.vit.state_dict(), tmp_path / "narrow.pth")  # 96 wide: the heads must be given
+    assert PassAppearanceEncoder(tmp_path / "narrow.pth", num_heads=3).embedding_dim == 192
+    assert cli.build_parser().parse_args(["track", "seq", "--num-heads", "3"]).num_heads == 3
 
 
 @requires_tracking

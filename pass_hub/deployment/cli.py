@@ -29,6 +29,12 @@ MODEL_HELP = (
 )
 
 
+def add_num_heads_flag(parser: argparse.ArgumentParser) -> None:
+    """``--num-heads`` for commands that load a MODEL: an original checkpoint's tensors do not give the heads."""
+    parser.add_argument("--num-heads", type=positive_int, metavar="N",
+                        help="attention heads of an original checkpoint whose width is not 64 per head")
+
+
 @contextlib.contextmanager
 def _warnings_as_messages(command: str) -> Iterator[None]:
     """Print warnings (e.g. the skipped unreadable images) as ``pass-hub CMD: warning: ...`` lines."""
@@ -57,8 +63,8 @@ def _model(args: argparse.Namespace) -> Embedder:
     if getattr(args, "raw", False):
         if args.model.endswith(".onnx"):
             raise ValueError("--raw does not apply to an ONNX file: its normalisation was fixed at export")
-        return load_reid_model(args.model, normalize=False, device=args.device)
-    return resolve_embedder(args.model, device=args.device)
+        return load_reid_model(args.model, normalize=False, device=args.device, num_heads=args.num_heads)
+    return resolve_embedder(args.model, device=args.device, num_heads=args.num_heads)
 
 
 def _export_onnx(args: argparse.Namespace) -> int:
@@ -75,6 +81,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
         verify=not args.no_verify,
         feature=args.feature,
         quantize=args.quantize,
+        num_heads=args.num_heads,
     )
     runner = OnnxReIDModel(result.path)
     prep = runner.preprocessing
@@ -155,6 +162,7 @@ def add_deployment_commands(commands: argparse._SubParsersAction) -> None:
     """Register ``export-onnx``, ``embed`` and ``search`` on the ``pass-hub`` sub-command parser."""
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("model", help=MODEL_HELP)
+    add_num_heads_flag(model)
     running = argparse.ArgumentParser(add_help=False, parents=[model])
     running.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
     running.add_argument("--device", help="PyTorch device, e.g. cuda:0 (default: cpu; ignored for .onnx)")

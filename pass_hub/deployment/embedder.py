@@ -172,6 +172,7 @@ def load_reid_model(
     pretrained: bool = True,
     device: str | torch.device | None = None,
     feature: str | None = None,
+    num_heads: int | None = None,
 ) -> ReIDEmbedder:
     """Resolve a MODEL argument (module docstring) to a :class:`ReIDEmbedder` in eval mode.
 
@@ -184,6 +185,8 @@ def load_reid_model(
             as ``spec``.
         pretrained: For timm names: load the published weights (False: random initialisation, for benchmarks).
         device: Where to put the model (default: where it is, the CPU for loaded ones).
+        num_heads: Attention heads of an original checkpoint whose width is not 64 per head (its tensors do not
+            say; :func:`pass_hub.convert_checkpoint`). Other forms carry their heads in their config.
 
     Raises:
         FileNotFoundError / ValueError: naming the spec when it is none of the accepted forms.
@@ -193,6 +196,10 @@ def load_reid_model(
         >>> embedder.embedding_size, embedder.preprocessing.image_size
         (384, (256, 128))
     """
+    converted = isinstance(spec, (str, Path)) and Path(spec).exists() and not (Path(spec) / "config.json").is_file()
+    if num_heads is not None and not converted:
+        raise ValueError(f"num_heads (--num-heads) applies to original checkpoint files, whose tensors do not give "
+                         f"the attention heads; {_describe(spec)} gives its own")
     if isinstance(spec, ReIDEmbedder):
         embedder = spec
         wanted = spec.feature if feature is None else resolve_feature(spec.model, feature)
@@ -204,13 +211,19 @@ def load_reid_model(
         embedder = ReIDEmbedder(spec, normalize=normalize, feature=feature or "deployment")
     else:
         embedder = _embedder_from_spec(str(spec), normalize=normalize, pretrained=pretrained,
-                                       feature=feature or "deployment")
+                                       feature=feature or "deployment", num_heads=num_heads)
     if device is not None:
         embedder.to(device)
     return embedder.eval()
 
 
-def _embedder_from_spec(spec: str, *, normalize: bool | None, pretrained: bool, feature: str) -> ReIDEmbedder:
+def _describe(spec: object) -> str:
+    return f"{spec}" if isinstance(spec, (str, Path)) else f"a {type(spec).__name__} object"
+
+
+def _embedder_from_spec(
+    spec: str, *, normalize: bool | None, pretrained: bool, feature: str, num_heads: int | None = None
+) -> ReIDEmbedder:
     import timm
 
     path = Path(spec)
@@ -225,7 +238,7 @@ def _embedder_from_spec(spec: str, *, normalize: bool | None, pretrained: bool, 
         from ..models.convert import convert_checkpoint
 
         with tempfile.TemporaryDirectory(prefix="pass-hub-convert-") as scratch:
-            folder = convert_checkpoint(path, Path(scratch) / "model")
+            folder = convert_checkpoint(path, Path(scratch) / "model", num_heads=num_heads)
             model, preprocessing = _load_pass_hub_folder(str(folder))
         return ReIDEmbedder(model, preprocessing=preprocessing, normalize=normalize, source=spec, feature=feature)
     name = spec.removeprefix("timm:")

@@ -41,15 +41,20 @@ EMBEDDING_SUFFIXES = (".safetensors", ".npy")
 _NAMED_IN_WARNING = 20  # unreadable files named in a warning before "... and N more"
 
 
-def resolve_embedder(model: ModelSpec, *, device: str | torch.device | None = None) -> Embedder:
+def resolve_embedder(
+    model: ModelSpec, *, device: str | torch.device | None = None, num_heads: int | None = None
+) -> Embedder:
     """:func:`load_reid_model`, plus ONNX files (``*.onnx``) and :class:`pass_hub.OnnxReIDModel` objects."""
     from .export import OnnxReIDModel
 
+    onnx = isinstance(model, OnnxReIDModel) or (isinstance(model, (str, Path)) and Path(model).suffix == ".onnx")
+    if onnx and num_heads is not None:
+        raise ValueError("num_heads (--num-heads) does not apply to an ONNX file: its graph fixed the heads")
     if isinstance(model, OnnxReIDModel):
         return model
-    if isinstance(model, (str, Path)) and Path(model).suffix == ".onnx":
+    if onnx:
         return OnnxReIDModel(model)
-    return load_reid_model(model, device=device)
+    return load_reid_model(model, device=device, num_heads=num_heads)
 
 
 

@@ -120,6 +120,7 @@ def export_onnx(
     verify: bool = True,
     feature: str = "deployment",
     quantize: str | None = None,
+    num_heads: int | None = None,
 ) -> OnnxExport:
     """Export a model's ReID embedding to ONNX (dynamic batch), written atomically with metadata.
 
@@ -137,6 +138,7 @@ def export_onnx(
             similarity falls below :data:`INT8_MIN_COSINE`).
         feature: Which embedding (see :class:`pass_hub.ReIDEmbedder`): the deployment one by default.
         quantize: ``"int8"``: dynamic int8 quantisation of the linear layers (module docstring); None: float32.
+        num_heads: Attention heads of an original checkpoint that does not have 64 values per head.
 
     Example:
         >>> import pass_hub, tempfile
@@ -154,7 +156,7 @@ def export_onnx(
         raise ValueError(f"ONNX output {out} must end with .onnx")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    embedder = load_reid_model(model, normalize=normalize, device="cpu", feature=feature)
+    embedder = load_reid_model(model, normalize=normalize, device="cpu", feature=feature, num_heads=num_heads)
     patch = embedder.preprocessing.patch_size
     height, width = _check_image_size(image_size or embedder.preprocessing.image_size, patch)
     dims: dict[int, object] = {0: torch.export.Dim("batch", min=1)}

@@ -68,6 +68,7 @@ class PassAppearanceEncoder:
             export fixed it).
         batch_size: Crops per forward pass.
         device: Where a PyTorch model runs (``cuda:0`` ...); embeddings are returned on the CPU as BoxMOT asks.
+        num_heads: Attention heads of an original checkpoint (:func:`pass_hub.load_reid_model`).
 
     Attributes:
         crops / seconds: How many crops :meth:`encode` has embedded and the time it took (for crops per second).
@@ -80,14 +81,15 @@ class PassAppearanceEncoder:
         feature: str = "deployment",
         batch_size: int = 64,
         device: str | torch.device | None = None,
+        num_heads: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         is_onnx_file = isinstance(model, (str, Path)) and Path(model).suffix == ".onnx"
         if isinstance(model, OnnxReIDModel) or is_onnx_file:
-            self.embedder = resolve_embedder(model, device=device)
+            self.embedder = resolve_embedder(model, device=device, num_heads=num_heads)
         else:
-            self.embedder = load_reid_model(model, device=device, feature=feature)
+            self.embedder = load_reid_model(model, device=device, feature=feature, num_heads=num_heads)
         self.batch_size = batch_size
         self.crops = 0
         self.seconds = 0.0

@@ -183,6 +183,7 @@ def track_sequence(
     device: str | None = None,
     progress: bool = True,
     score: bool = True,
+    num_heads: int | None = None,
 ) -> TrackingResult:
     """Track the people of a MOTChallenge sequence with BoxMOT's ``tracker`` and, for trackers that use
     appearance, ``model`` as the appearance encoder (:class:`PassAppearanceEncoder`).
@@ -194,6 +195,7 @@ def track_sequence(
             BoxMOT's ``AppearanceEncoder`` protocol; required by trackers that use appearance, unless
             ``tracker_options`` turn it off (``{"use_embeddings": False}``).
         feature: Which embedding of a PyTorch model (:class:`PassAppearanceEncoder`).
+        num_heads: Attention heads of an original checkpoint given as ``model`` (:func:`pass_hub.load_reid_model`).
         detections: Rows from :func:`load_detections`; default: the sequence's ``det/det.txt``.
         tracker_options: BoxMOT options of the tracker (its YAML config's keys), e.g. ``{"track_buffer": 60}``.
         max_frames: Track only the first frames (a quick look).
@@ -218,7 +220,7 @@ def track_sequence(
                 load_tracker_defaults(tracker)) else ""
             raise ValueError(f"tracker {tracker} uses appearance: give a model (CLI: --model){switch_off}")
         encoder = model if isinstance(model, AppearanceEncoder) else PassAppearanceEncoder(
-            model, feature=feature, batch_size=batch_size, device=device)
+            model, feature=feature, batch_size=batch_size, device=device, num_heads=num_heads)
     elif model is not None:
         why = "its options turn appearance off" if uses_appearance(tracker) else "it does not use appearance"
         raise ValueError(f"tracker {tracker} would ignore the model: {why}")
