@@ -282,7 +282,7 @@ def test_every_model_command_takes_the_heads_of_an_original_checkpoint(tmp_path,
         return [command, *(["--model"] if command == "eval" else []), model, *rest]
 
     assert main(argv(str(checkpoint), "a")) == 2
-    assert "width 96 is not a multiple of 64" in (err := capsys.readouterr().err) and "--num-heads" in err
+    assert "width 96 is not a multiple of 64" in (err := capsys.readouterr().err) and "--num_heads" in err
     assert main([*argv(str(checkpoint), "b"), "--num-heads", "3"]) == 0, capsys.readouterr().err
     assert main([*argv("pass_vit_tiny", "c"), "--num_heads", "3"]) == 2
     assert "applies to original checkpoint files" in capsys.readouterr().err

@@ -471,7 +471,7 @@ def infer_backbone_args(
             raise ValueError(
                 f"{source}: its tensors do not say how many attention heads the ViT has, and its width {dim} is not "
                 "a multiple of 64 (64 values per head, the convention of every PASS model); give the number with "
-                "num_heads= (--num-heads on the command line)"
+                "num_heads= (--num_heads on the command line)"
             )
         args["num_heads"] = dim // 64
     if dim % args["num_heads"]:
