@@ -29,7 +29,7 @@ from boxmot.reid import EncoderRequirements
 from boxmot.structures import Detections, Frame
 
 from pass_hub.atomic import write_json_atomic, write_text_atomic
-from pass_hub.data.motchallenge import GT_FILE, read_boxes
+from pass_hub.data.motchallenge import GT_FILE, box_corners, read_boxes
 from pass_hub.data.video import SynthVideoConfig, write_mot_sequence
 from pass_hub.tracking import PassAppearanceEncoder, track_sequence
 from pass_hub.tracking.scoring import COUNT_NAMES
@@ -55,7 +55,7 @@ class GroundTruthIdentity:
         vectors = []
         for frame, batch in zip(frames, detections, strict=True):
             truth = self.ground_truth[self.ground_truth[:, 0] == frame.frame_index]
-            corners = np.column_stack([truth[:, 2], truth[:, 3], truth[:, 2] + truth[:, 4], truth[:, 3] + truth[:, 5]])
+            corners = box_corners(truth)
             one_hot = torch.zeros(len(batch), self.embedding_dim)
             for row, box in enumerate(batch.geometry.values.numpy()):
                 overlap = (np.minimum(corners[:, 2], box[2]) - np.maximum(corners[:, 0], box[0])).clip(0) * (

@@ -102,6 +102,17 @@ def read_sequence_info(root: str | Path) -> SequenceInfo:
     return SequenceInfo(**values)  # type: ignore[arg-type]
 
 
+def box_corners(rows: np.ndarray) -> np.ndarray:
+    """``x1, y1, x2, y2`` of the ``left, top, width, height`` columns (2-5) of box rows.
+
+    Example:
+        >>> box_corners(np.array([[1, 3, 10, 5, 8, 20, 1]])).tolist()
+        [[10.0, 5.0, 18.0, 25.0]]
+    """
+    table = np.asarray(rows, dtype=np.float64)
+    return np.concatenate([table[:, 2:4], table[:, 2:4] + table[:, 4:6]], axis=1)
+
+
 def _number(value: float) -> str:
     """Up to 3 decimals without trailing zeros (``12``, ``0.5``, ``-1``)."""
     text = f"{value:.3f}".rstrip("0").rstrip(".")

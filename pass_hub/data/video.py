@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from ..atomic import atomic_directory
 from .appearance import Appearance, Viewpoint, draw_person, sample_family
 from .cameras import Camera, apply_camera, render_background, sample_camera
-from .motchallenge import DETECTIONS_FILE, GT_FILE, SequenceInfo, write_boxes, write_sequence_info
+from .motchallenge import DETECTIONS_FILE, GT_FILE, SequenceInfo, box_corners, write_boxes, write_sequence_info
 from .options import CommandLineOptions, option
 
 # Stream ids keep identities, walks, frames and detections independent random draws.
@@ -264,7 +264,7 @@ def detections_from_ground_truth(
     kept = considered & (visibility >= min_visibility) & (rng.random(len(rows)) >= drop)
     rows, visibility = rows[kept], visibility[kept]
     sizes = np.column_stack([rows[:, 4], rows[:, 5], rows[:, 4], rows[:, 5]])
-    corners = np.column_stack([rows[:, 2], rows[:, 3], rows[:, 2] + rows[:, 4], rows[:, 3] + rows[:, 5]])
+    corners = box_corners(rows)
     corners = corners + rng.normal(0.0, box_noise, corners.shape) * sizes
     corners[:, [0, 2]] = corners[:, [0, 2]].clip(0, width)
     corners[:, [1, 3]] = corners[:, [1, 3]].clip(0, height)

@@ -28,7 +28,15 @@ from boxmot.trackers.specs import TrackerFamily, TrackerSpec
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data.motchallenge import DETECTIONS_FILE, GT_FILE, SequenceInfo, read_boxes, read_sequence_info, write_boxes
+from ..data.motchallenge import (
+    DETECTIONS_FILE,
+    GT_FILE,
+    SequenceInfo,
+    box_corners,
+    read_boxes,
+    read_sequence_info,
+    write_boxes,
+)
 from ..data.video import MIN_VISIBILITY, detections_from_ground_truth
 from .encoder import PassAppearanceEncoder
 
@@ -161,7 +169,7 @@ def _read_frame(info: SequenceInfo, root: Path, index: int) -> torch.Tensor:
 
 
 def _detections(rows: np.ndarray, sample_id: str) -> Detections:
-    corners = np.column_stack([rows[:, 2], rows[:, 3], rows[:, 2] + rows[:, 4], rows[:, 3] + rows[:, 5]])
+    corners = box_corners(rows)
     return Detections(
         Boxes(torch.as_tensor(corners, dtype=torch.float32).reshape(-1, 4).contiguous()),
         torch.as_tensor(rows[:, 6], dtype=torch.float32).contiguous(),
